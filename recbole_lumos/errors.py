@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+Every error a user can cause by bad input (an unknown model, a missing dataset, a
+malformed atomic file, an unusable language model, ...) is a :class:`LumosError`.
+Its message is one paragraph that names the problem and the fix. The command line
+prints it without a traceback and exits with :data:`EXIT_CODE`; nothing already
+written on disk (checkpoints, results, view caches) is touched by the failure.
+"""
+
+from __future__ import annotations
+
+EXIT_CODE = 2
+
+
+class LumosError(Exception):
+    """Base class of errors caused by the user's input, reported without traceback."""
+
+
+class UnknownModelError(LumosError):
+    """The model name is neither one of ours nor one of RecBole's."""
+
+
+class DatasetNotFoundError(LumosError):
+    """No atomic files for the dataset, and they could not be downloaded."""
+
+
+class AtomicFileError(LumosError):
+    """An atomic file is malformed (bad header) or lacks a required column."""
+
+
+class ConfigurationError(LumosError):
+    """A config key has a value that cannot work."""
+
+
+class CheckpointError(LumosError):
+    """A checkpoint cannot be read or does not match this code."""

@@ -1,0 +1,75 @@
+"""CL4SRec (Xie et al., ICDE 2022): SASRec plus a contrastive task on augmented views.
+
+RecBole 1.2.1 does not ship CL4SRec, so it is written here as a RecBole
+``SequentialRecommender``: ``Config(model=CL4SRec)`` works, and so does the name
+``CL4SRec`` through :mod:`recbole_lumos.model.registry`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from recbole.data.interaction import Interaction
+from recbole.model.sequential_recommender.sasrec import SASRec
+
+from recbole_lumos.model.augment import random_augment
+from recbole_lumos.model.losses import nt_xent
+
+
+class CL4SRec(SASRec):
+    r"""SASRec trained with ``L = L_rec + lambda_cl * L_cl``.
+
+    ``L_cl`` is NT-Xent between two random augmentations (crop ``crop_ratio``, mask
+    ``mask_ratio``, reorder ``reorder_ratio``; one chosen uniformly per view) of every
+    sequence in the batch, with the other ``2(N-1)`` views as negatives, at
+    temperature ``tau`` with similarity ``sim``. Masked items use an extra
+    embedding row (id ``n_items``) that is never scored or recommended.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.lambda_cl = config["lambda_cl"]
+        self.tau = config["tau"]
+        self.sim = config["sim"]
+        self.crop_ratio = config["crop_ratio"]
+        self.mask_ratio = config["mask_ratio"]
+        self.reorder_ratio = config["reorder_ratio"]
+        self.mask_token = self.n_items
+        self.item_embedding = nn.Embedding(self.n_items + 1, self.hidden_size, padding_idx=0)
+        self.item_embedding.apply(self._init_weights)
+        if self.loss_type != "CE":
+            raise NotImplementedError("CL4SRec here supports loss_type 'CE' only, as in the paper.")
+
+    def _item_weights(self) -> torch.Tensor:
+        """Embeddings of real items only (the mask row is never a candidate)."""
+        return self.item_embedding.weight[: self.n_items]
+
+    def augmented_views(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Two independent random augmentations of each sequence."""
+        views = []
+        for _ in range(2):
+            views += random_augment(
+                item_seq,
+                item_seq_len,
+                crop_ratio=self.crop_ratio,
+                mask_ratio=self.mask_ratio,
+                reorder_ratio=self.reorder_ratio,
+                mask_token=self.mask_token,
+            )
+        return tuple(views)
+
+    def calculate_loss(self, interaction: Interaction) -> tuple[torch.Tensor, torch.Tensor]:
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        seq_output = self.forward(item_seq, item_seq_len)
+        logits = seq_output @ self._item_weights().T
+        rec_loss = self.loss_fct(logits, interaction[self.POS_ITEM_ID])
+        if self.lambda_cl == 0:
+            return rec_loss, torch.zeros((), device=rec_loss.device)
+        seq1, len1, seq2, len2 = self.augmented_views(item_seq, item_seq_len)
+        z1, z2 = self.forward(seq1, len1), self.forward(seq2, len2)
+        return rec_loss, self.lambda_cl * nt_xent(z1, z2, self.tau, self.sim)
+
+    def full_sort_predict(self, interaction: Interaction) -> torch.Tensor:
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return seq_output @ self._item_weights().T

@@ -1,0 +1,97 @@
+"""Model names: ours, shorthands, and every RecBole model.
+
+RecBole's ``get_model`` only searches RecBole's own packages, so plugin models are
+resolved here and always handed to RecBole as classes (``Config(model=Class)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from dataclasses import dataclass
+
+from recbole.utils import get_model
+
+from recbole_lumos.errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model name on the command line stands for."""
+
+    name: str
+    """The name the user typed; used for results, tables and checkpoints."""
+    model_class: type
+    """The RecBole model class that is built."""
+    yaml_names: tuple[str, ...]
+    """``properties/model/<name>.yaml`` files to load, lowest precedence first."""
+
+
+def _project_models() -> dict[str, type]:
+    from recbole_lumos.model.cl4srec import CL4SRec
+
+    return {"CL4SRec": CL4SRec}
+
+
+SHORTHANDS: dict[str, str] = {}
+"""Shorthand name -> base model name; the shorthand's YAML holds what differs."""
+
+
+def _recbole_model_names() -> list[str]:
+    import recbole.model as recbole_models
+
+    names = []
+    for package in pkgutil.iter_modules(recbole_models.__path__):
+        if package.name.endswith("_recommender"):
+            module = importlib.import_module(f"recbole.model.{package.name}")
+            names += [m.name for m in pkgutil.iter_modules(module.__path__) if not m.name.startswith("_")]
+    return names
+
+
+def _class_name(module_or_class_name: str) -> str:
+    """RecBole model modules are lower-case (``sasrec``); return the class name (``SASRec``)."""
+    if not module_or_class_name.islower():
+        return module_or_class_name
+    import recbole.model as recbole_models
+
+    for package in pkgutil.iter_modules(recbole_models.__path__):
+        if not package.name.endswith("_recommender"):
+            continue
+        try:
+            module = importlib.import_module(f"recbole.model.{package.name}.{module_or_class_name}")
+        except ImportError:
+            continue
+        for attr in dir(module):
+            if attr.lower() == module_or_class_name and isinstance(getattr(module, attr), type):
+                return attr
+    return module_or_class_name
+
+
+def available_models() -> list[str]:
+    """Names this project can run (RecBole's given as module names, case-insensitive)."""
+    return sorted(_project_models()) + sorted(SHORTHANDS) + sorted(_recbole_model_names())
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Resolve a model name, or raise :class:`UnknownModelError` naming close matches."""
+    if name in SHORTHANDS:
+        base = resolve_model(SHORTHANDS[name])
+        return ModelSpec(name, base.model_class, base.yaml_names + (name,))
+    ours = _project_models()
+    if name in ours:
+        return ModelSpec(name, ours[name], (name,))
+    try:
+        return ModelSpec(name, get_model(name), (name,))
+    except (ValueError, AttributeError):
+        pass
+    known = list(ours) + list(SHORTHANDS) + _recbole_model_names()
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(_class_name(lowered[c])) for c in close)}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown model {name!r}.{hint} Model names are case-sensitive. This project "
+        f"adds {', '.join(sorted(list(ours) + list(SHORTHANDS)))}; any RecBole model also works "
+        "by its class name (SASRec, GRU4Rec, BERT4Rec, ...). Pass it as --model=NAME, "
+        "or several as --model=SASRec,CL4SRec."
+    )

@@ -1,0 +1,1 @@
+"""Comparison tables (and, later, plots) built from finished runs."""
