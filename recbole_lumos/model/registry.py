@@ -10,6 +10,7 @@ import difflib
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from recbole.utils import get_model
 
@@ -39,14 +40,16 @@ SHORTHANDS: dict[str, str] = {}
 
 
 def _recbole_model_names() -> list[str]:
+    """Module names of RecBole's models, read from disk (importing them needs optional extras)."""
     import recbole.model as recbole_models
 
-    names = []
-    for package in pkgutil.iter_modules(recbole_models.__path__):
-        if package.name.endswith("_recommender"):
-            module = importlib.import_module(f"recbole.model.{package.name}")
-            names += [m.name for m in pkgutil.iter_modules(module.__path__) if not m.name.startswith("_")]
-    return names
+    root = Path(recbole_models.__file__).parent
+    return [
+        module.name
+        for package in root.glob("*_recommender")
+        for module in pkgutil.iter_modules([str(package)])
+        if not module.name.startswith("_")
+    ]
 
 
 def _class_name(module_or_class_name: str) -> str:
@@ -56,7 +59,7 @@ def _class_name(module_or_class_name: str) -> str:
     import recbole.model as recbole_models
 
     for package in pkgutil.iter_modules(recbole_models.__path__):
-        if not package.name.endswith("_recommender"):
+        if not (package.ispkg and package.name.endswith("_recommender")):
             continue
         try:
             module = importlib.import_module(f"recbole.model.{package.name}.{module_or_class_name}")

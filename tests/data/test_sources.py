@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,32 +224,40 @@ def test_split_title_year(raw: str, expected: tuple[str, str]) -> None:
     assert split_title_year(raw) == expected
 
 
-def test_recbole_loads_converted_ml_1m(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _recbole_dataset(
+    data_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Load converted files the way RecBole does (SASRec, default evaluation)."""
     from recbole.config import Config
     from recbole.data import create_dataset
 
-    monkeypatch.setattr(sys, "argv", ["x"])
-    _ml1m_archive(_raw_dir(tmp_path, "ml-1m") / "ml-1m.zip")
-    prepare_dataset("ml-1m", tmp_path, download=False)
+    monkeypatch.setattr(sys, "argv", ["x"])  # RecBole parses the command line
     config = Config(
         model="SASRec",
-        dataset="ml-1m",
+        dataset=name,
         config_dict={
-            "data_path": str(tmp_path),
+            "data_path": str(data_path),
             "load_col": None,
             "train_neg_sample_args": None,
-            "checkpoint_dir": str(tmp_path / "saved"),
+            "checkpoint_dir": str(data_path / "saved"),
             "show_progress": False,
         },
     )
-    dataset = create_dataset(config)
+    return create_dataset(config)
+
+
+def test_recbole_loads_converted_ml_1m(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ml1m_archive(_raw_dir(tmp_path, "ml-1m") / "ml-1m.zip")
+    prepare_dataset("ml-1m", tmp_path, download=False)
+    dataset = _recbole_dataset(tmp_path, "ml-1m", monkeypatch)
     assert dataset.user_num == 3 + 1  # + padding
     assert dataset.item_num == 6 + 1  # every movie of .item, rated or not
     assert dataset.inter_num == 9
     assert "movie_title" in dataset.item_feat.columns
     assert "occupation" in dataset.user_feat.columns
+    assert "Misérables," in list(dataset.field2id_token["movie_title"])
 
 
 # ----------------------------------------------------------------------------- Amazon
@@ -507,6 +516,18 @@ def test_mind_small(tmp_path: Path) -> None:
         "N5\tStocks rise\tfinance\tmarkets",
         "N6\tBest trips\ttravel\ttravelnews",
     ]
+
+
+def test_recbole_loads_converted_mind_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mind_archive(_raw_dir(tmp_path, "mind-small") / "MINDsmall_train.zip")
+    prepare_dataset("mind-small", tmp_path, download=False)
+    dataset = _recbole_dataset(tmp_path, "mind-small", monkeypatch)
+    assert (dataset.user_num, dataset.item_num, dataset.inter_num) == (3, 7, 6)
+    titles = list(dataset.field2id_token["title"])
+    assert '"Jeopardy!"' in titles  # the CSV-quoted title is read back verbatim
+    assert "Bills" in titles and "" not in titles
 
 
 # ------------------------------------------------------------------ prepare_dataset

@@ -1,0 +1,49 @@
+"""Shared fixtures: an isolated working folder, real data paths and a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECBOLE_LUMOS_DATA", REPO.parent / "shared" / "datasets"))
+PROPERTIES = REPO / "properties"
+CPU_SMALL = str(PROPERTIES / "experiment" / "cpu-small.yaml")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run every test in its own folder (RecBole writes log/ and saved/ to the cwd) with a clean argv."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    return tmp_path
+
+
+def write_tiny_dataset(root: Path, name: str = "tiny", n_users: int = 40, n_items: int = 30, seed: int = 0) -> Path:
+    """A synthetic dataset in RecBole atomic format: users walk through item 'genres' in time order."""
+    rng = random.Random(seed)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for user in range(1, n_users + 1):
+        start = rng.randrange(n_items)
+        length = rng.randint(6, 14)
+        for step in range(length):
+            item = (start + step + rng.choice([0, 0, 1])) % n_items + 1
+            rows.append(f"u{user}\ti{item}\t{1_000_000 + user * 1000 + step}")
+    (folder / f"{name}.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "\n".join(rows) + "\n")
+    titles = [f"i{i}\tItem number {i}\tgenre{i % 5}" for i in range(1, n_items + 1)]
+    (folder / f"{name}.item").write_text("item_id:token\ttitle:token_seq\tgenre:token_seq\n" + "\n".join(titles) + "\n")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """Parent folder (``data_path``) holding the ``tiny`` dataset."""
+    return write_tiny_dataset(tmp_path / "data")
