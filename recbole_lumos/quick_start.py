@@ -121,7 +121,7 @@ def run_model(
         best_valid_score=float(best_valid_score),
         best_valid_result={k: float(v) for k, v in best_valid_result.items()},
         test_result={k: float(v) for k, v in test_result.items()},
-        checkpoint=trainer.saved_model_file if saved else None,
+        checkpoint=str(Path(trainer.saved_model_file).resolve()) if saved else None,
         wall_time_s=time.perf_counter() - started,
         config={key: config[key] for key in _REPORTED_KEYS if key in config},
     )

@@ -1,0 +1,1 @@
+"""Federated sequential recommendation: client updates, server aggregation and local privacy."""

@@ -1,0 +1,217 @@
+"""Local training: global weights plus one client's windows in, one :class:`ClientUpdate` out.
+
+It knows nothing about rounds, servers or aggregation (Flower's ClientApp contract).
+Two paths compute the same thing:
+
+* :meth:`LocalTrainer.train_client` is the reference: one client at a time, a
+  ``torch.optim`` optimiser on a model loaded with the global weights;
+* :meth:`LocalTrainer.train_cohort` trains ``client_batch`` clients at once with
+  ``torch.func.vmap`` over per-client copies of the weights and a functional
+  SGD/Adam step that matches ``torch.optim`` (tested to float tolerance).
+
+Each local epoch is one full-batch step over all of the client's windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from recbole_lumos.data.partition import Cohort
+from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated.update import ClientUpdate
+from recbole_lumos.model.next_item import AllPositionsObjective, sample_negatives
+
+SPARSE_TABLES = ("item_embedding.weight",)
+"""Parameters uploaded as touched rows only, when the local loss allows it."""
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The client-side training recipe (config keys in parentheses)."""
+
+    local_epochs: int = 1  # (local_epochs)
+    optimizer: str = "adam"  # (local_optimizer: sgd | adam)
+    lr: float = 0.001  # (local_lr)
+    loss: str = "sampled_ce"  # (local_loss: ce | sampled_ce | bce)
+    num_negatives: int = 256  # (num_negatives, sampled_ce only)
+    mu: float = 0.0  # (mu: FedProx proximal weight, only with aggregator: fedprox)
+    sparse_upload: bool = True  # (sparse_upload)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> LocalSettings:
+        def get(key, default):
+            return config[key] if key in config and config[key] is not None else default
+
+        settings = cls(
+            local_epochs=int(get("local_epochs", cls.local_epochs)),
+            optimizer=str(get("local_optimizer", cls.optimizer)).lower(),
+            lr=float(get("local_lr", cls.lr)),
+            loss=str(get("local_loss", cls.loss)),
+            num_negatives=int(get("num_negatives", cls.num_negatives)),
+            mu=float(get("mu", 0.0)) if get("aggregator", "fedavg") == "fedprox" else 0.0,
+            sparse_upload=bool(get("sparse_upload", cls.sparse_upload)),
+        )
+        if settings.optimizer not in ("sgd", "adam"):
+            raise ConfigurationError(f"local_optimizer must be 'sgd' or 'adam', got {settings.optimizer!r}.")
+        if settings.local_epochs < 1:
+            raise ConfigurationError(f"local_epochs must be at least 1, got {settings.local_epochs}.")
+        return settings
+
+    @property
+    def uploads_sparse(self) -> bool:
+        """Full softmax touches every item row, so only sampled losses upload sparsely."""
+        return self.sparse_upload and self.loss != "ce"
+
+
+_ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+class LocalTrainer:
+    """Runs clients' local epochs from the global weights of ``model``."""
+
+    def __init__(self, model: nn.Module, settings: LocalSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.objective = AllPositionsObjective(model, settings.loss)
+        self.n_items = model.n_items
+
+    # ------------------------------------------------------------------ helpers
+    def global_params(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.model.named_parameters()}
+
+    def draw_negatives(self, targets: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Negatives for one cohort and local epoch: shared ``[K]`` ids, or one per position for bce."""
+        if self.settings.loss == "sampled_ce":
+            return sample_negatives(self.n_items, self.settings.num_negatives, generator, targets.device)
+        if self.settings.loss == "bce":
+            return torch.randint(1, self.n_items, targets.shape, generator=generator).to(targets.device)
+        return None
+
+    def _make_update(
+        self,
+        global_params: Mapping[str, torch.Tensor],
+        local_params: Mapping[str, torch.Tensor],
+        touched_items: torch.Tensor,
+        weight: float,
+    ) -> ClientUpdate:
+        dense, sparse = {}, {}
+        for name, start in global_params.items():
+            delta = local_params[name].detach() - start
+            if name in SPARSE_TABLES and self.settings.uploads_sparse:
+                changed = delta.abs().sum(1).nonzero().flatten()
+                rows = torch.unique(torch.cat([touched_items, changed]))
+                sparse[name] = (rows, delta[rows].clone())
+            else:
+                dense[name] = delta
+        return ClientUpdate(dense=dense, sparse=sparse, weight=weight)
+
+    @staticmethod
+    def _touched(inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
+        parts = [inputs.flatten(), targets.flatten()]
+        if negatives is not None:
+            parts.append(negatives.flatten())
+        ids = torch.unique(torch.cat(parts))
+        return ids[ids > 0]
+
+    # ------------------------------------------------------- reference: one by one
+    def train_client(
+        self,
+        global_params: Mapping[str, torch.Tensor],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: list[torch.Tensor | None],
+    ) -> ClientUpdate:
+        """One client, ``torch.optim``; ``negatives[e]`` are local epoch ``e``'s negatives."""
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                p.copy_(global_params[name])
+        params = [p for p in self.model.parameters()]
+        if self.settings.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=self.settings.lr)
+        else:
+            optimizer = torch.optim.Adam(params, lr=self.settings.lr, betas=_ADAM_BETAS, eps=_ADAM_EPS)
+        for epoch in range(self.settings.local_epochs):
+            optimizer.zero_grad()
+            loss = self.objective(inputs, targets, negatives[epoch])
+            if self.settings.mu > 0:
+                loss = loss + 0.5 * self.settings.mu * sum(
+                    ((p - global_params[n]) ** 2).sum() for n, p in self.model.named_parameters()
+                )
+            loss.backward()
+            optimizer.step()
+        local = {name: p for name, p in self.model.named_parameters()}
+        touched = self._touched(inputs, targets, torch.cat([n.flatten() for n in negatives if n is not None])
+                                if any(n is not None for n in negatives) else None)
+        return self._make_update(global_params, local, touched, float((targets > 0).sum()))
+
+    # ---------------------------------------------------------- cohort: vmapped
+    def _client_loss(self, params, inputs, targets, negatives, global_params):
+        loss = functional_call(self.objective, {f"model.{k}": v for k, v in params.items()}, (inputs, targets, negatives))
+        if self.settings.mu > 0:
+            loss = loss + 0.5 * self.settings.mu * sum(((params[n] - global_params[n]) ** 2).sum() for n in params)
+        return loss
+
+    def train_cohort(
+        self,
+        global_params: Mapping[str, torch.Tensor],
+        cohort: Cohort,
+        negatives: list[torch.Tensor | None],
+    ) -> list[ClientUpdate]:
+        """All clients of ``cohort`` at once; identical maths to :meth:`train_client`."""
+        num_clients = len(cohort)
+        counts = torch.bincount(cohort.owner, minlength=num_clients)
+        max_windows = int(counts.max())
+        slot = torch.arange(cohort.owner.numel()) - torch.cumsum(counts, 0)[cohort.owner] + counts[cohort.owner]
+        length = cohort.inputs.size(1)
+        inputs = torch.zeros(num_clients, max_windows, length, dtype=torch.long)
+        targets = torch.zeros_like(inputs)
+        inputs[cohort.owner, slot] = cohort.inputs
+        targets[cohort.owner, slot] = cohort.targets
+        per_client_negatives = [self._per_client(n, cohort, slot, num_clients, max_windows) for n in negatives]
+
+        params = {k: v.unsqueeze(0).repeat(num_clients, *([1] * v.dim())) for k, v in global_params.items()}
+        state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
+        grad_fn = grad(self._client_loss)
+        for epoch in range(self.settings.local_epochs):
+            neg = per_client_negatives[epoch]
+            in_dims = (0, 0, 0, None if neg is None or neg.dim() == 1 else 0, None)
+            grads = vmap(grad_fn, in_dims=in_dims, randomness="different")(
+                params, inputs, targets, neg, dict(global_params)
+            )
+            params = self._step(params, grads, state, epoch + 1)
+
+        updates = []
+        for c in range(num_clients):
+            local = {k: v[c] for k, v in params.items()}
+            client_negatives = [n if n is None or n.dim() == 1 else n[c] for n in per_client_negatives]
+            touched = self._touched(inputs[c], targets[c], torch.cat([n.flatten() for n in client_negatives])
+                                    if any(n is not None for n in client_negatives) else None)
+            updates.append(self._make_update(global_params, local, touched, float(cohort.weights[c])))
+        return updates
+
+    @staticmethod
+    def _per_client(negatives, cohort, slot, num_clients, max_windows):
+        if negatives is None or negatives.dim() == 1:
+            return negatives
+        out = torch.zeros(num_clients, max_windows, negatives.size(-1), dtype=torch.long)
+        out[cohort.owner, slot] = negatives
+        return out
+
+    def _step(self, params, grads, state, step):
+        lr = self.settings.lr
+        if self.settings.optimizer == "sgd":
+            return {k: p - lr * grads[k] for k, p in params.items()}
+        (b1, b2), out = _ADAM_BETAS, {}
+        for k, p in params.items():
+            m, v = state[k]
+            m.mul_(b1).add_(grads[k], alpha=1 - b1)
+            v.mul_(b2).addcmul_(grads[k], grads[k], value=1 - b2)
+            m_hat = m / (1 - b1**step)
+            denom = (v / (1 - b2**step)).sqrt() + _ADAM_EPS
+            out[k] = p - lr * m_hat / denom
+        return out

@@ -1,0 +1,111 @@
+"""Next-item training at every position of a window (the original SASRec recipe).
+
+RecBole's ``SASRec.forward`` returns only the last position's state. Here the same
+layers run once over a window with the causal mask, and the next-item loss is taken
+at every position whose target is non-zero. For a history no longer than the window
+this gives, term by term, RecBole's prefix-mode losses (tested).
+
+``local_loss`` chooses the loss:
+
+* ``ce``: full softmax over all items (RecBole's SASRec ``CE``);
+* ``sampled_ce``: sampled softmax against ``num_negatives`` negatives shared by the
+  batch, drawn from the public catalogue, with the log-Q correction and accidental
+  hits removed;
+* ``bce``: one uniformly drawn negative per position (the original SASRec).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOCAL_LOSSES = ("ce", "sampled_ce", "bce")
+
+
+def all_position_hidden(model: nn.Module, item_seq: torch.Tensor) -> torch.Tensor:
+    """``[B, L, d]`` states of a SASRec-family model at every position of ``item_seq``."""
+    positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
+    hidden = model.item_embedding(item_seq) + model.position_embedding(positions)
+    hidden = model.dropout(model.LayerNorm(hidden))
+    mask = model.get_attention_mask(item_seq)
+    return model.trm_encoder(hidden, mask, output_all_encoded_layers=True)[-1]
+
+
+def candidate_weights(model: nn.Module) -> torch.Tensor:
+    """Embeddings of the items a model may recommend (CL4SRec/LUMOS add a mask row)."""
+    weights = model.item_embedding.weight
+    return weights[: model.n_items]
+
+
+def sample_negatives(
+    n_items: int, num_negatives: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """``num_negatives`` item ids drawn uniformly (with replacement) from the catalogue, never padding."""
+    return torch.randint(1, n_items, (num_negatives,), generator=generator).to(device)
+
+
+def next_item_loss(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    item_weights: torch.Tensor,
+    kind: str = "ce",
+    negatives: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Loss of predicting ``targets`` (``[..., L]``, 0 = skip) from ``hidden`` (``[..., L, d]``).
+
+    Written with masks rather than boolean indexing so that it runs under
+    ``torch.func.vmap`` (cohorts of clients trained together). ``negatives`` is a
+    shared ``[K]`` id tensor for ``sampled_ce`` and has ``targets``' shape for ``bce``.
+    """
+    keep = (targets > 0).to(hidden.dtype)
+    if kind == "ce":
+        logits = hidden @ item_weights.T
+        losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        losses = losses.reshape(targets.shape)
+    elif kind == "sampled_ce":
+        if negatives is None or negatives.dim() != 1:
+            raise ValueError("sampled_ce needs a shared 1-d tensor of negative item ids")
+        log_q = math.log(negatives.numel() / (item_weights.size(0) - 1))  # uniform proposal, id 0 is padding
+        pos = (hidden * item_weights[targets]).sum(-1, keepdim=True)
+        neg = hidden @ item_weights[negatives].T
+        neg = neg.masked_fill(negatives == targets.unsqueeze(-1), float("-inf"))
+        logits = torch.cat([pos, neg], dim=-1) - log_q
+        losses = -F.log_softmax(logits, dim=-1)[..., 0]
+    elif kind == "bce":
+        if negatives is None or negatives.shape != targets.shape:
+            raise ValueError("bce needs one negative item per position (same shape as targets)")
+        pos = (hidden * item_weights[targets]).sum(-1)
+        neg = (hidden * item_weights[negatives]).sum(-1)
+        losses = F.softplus(-pos) + F.softplus(neg)
+    else:
+        raise ValueError(f"local_loss must be one of {LOCAL_LOSSES}, got {kind!r}")
+    total = (losses * keep).sum()
+    if reduction == "sum":
+        return total
+    return total / keep.sum().clamp(min=1)
+
+
+class AllPositionsObjective(nn.Module):
+    """A model's all-position training loss, as a module so ``torch.func`` can swap its weights.
+
+    Models that add terms (CL4SRec, LUMOS) implement
+    ``all_positions_loss(inputs, targets, negatives, kind)``; any other SASRec-family
+    model (RecBole's SASRec) gets the plain next-item loss.
+    """
+
+    def __init__(self, model: nn.Module, kind: str = "ce") -> None:
+        super().__init__()
+        if kind not in LOCAL_LOSSES:
+            raise ValueError(f"local_loss must be one of {LOCAL_LOSSES}, got {kind!r}")
+        self.model = model
+        self.kind = kind
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        if hasattr(self.model, "all_positions_loss"):
+            return self.model.all_positions_loss(inputs, targets, negatives, self.kind)
+        hidden = all_position_hidden(self.model, inputs)
+        return next_item_loss(hidden, targets, candidate_weights(self.model), self.kind, negatives)

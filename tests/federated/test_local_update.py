@@ -1,0 +1,110 @@
+"""All-position training equals prefix training; cohorts equal one-by-one."""
+
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+
+from recbole_lumos.config import build_config
+from recbole_lumos.data.partition import ClientPartition, IndexedPartition, collate_cohort, training_histories
+from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
+from recbole_lumos.model.next_item import AllPositionsObjective, all_position_hidden, next_item_loss
+
+SMALL = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 20,
+         "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
+
+
+@pytest.fixture
+def tiny_sasrec(tiny_data):
+    config = build_config("SASRec", "tiny", overrides={"data_path": str(tiny_data), **SMALL})
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    from recbole.model.sequential_recommender import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(config, train_data._dataset)
+    return config, train_data._dataset, model
+
+
+def test_all_position_loss_equals_sum_of_recbole_prefix_losses(tiny_sasrec):
+    config, train_dataset, model = tiny_sasrec
+    histories = training_histories(train_dataset)
+    partition = ClientPartition(histories, config["MAX_ITEM_LIST_LENGTH"])
+    inter = train_dataset.inter_feat
+    checked = 0
+    for client in partition.clients[:5]:
+        rows = inter[inter["user_id"] == client.user]
+        prefix_total = model.calculate_loss(rows) * len(rows)
+        hidden = all_position_hidden(model, client.inputs)
+        ours = next_item_loss(hidden, client.targets, model.item_embedding.weight, "ce", reduction="sum")
+        assert client.num_positions == len(rows)
+        assert ours.item() == pytest.approx(prefix_total.item(), rel=1e-5)
+        checked += 1
+    assert checked == 5
+
+
+def test_histories_exclude_validation_and_test_items(tiny_data):
+    config = build_config("SASRec", "tiny", overrides={"data_path": str(tiny_data), **SMALL})
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    histories = training_histories(train_data._dataset)
+    raw: dict[str, list[tuple[float, str]]] = {}
+    for line in (tiny_data / "tiny" / "tiny.inter").read_text().splitlines()[1:]:
+        user, item, time = line.split("\t")
+        raw.setdefault(user, []).append((float(time), item))
+    assert len(histories) == len(raw)
+    for user, history in histories.items():
+        events = [item for _, item in sorted(raw[dataset.id2token("user_id", user)])]
+        assert list(dataset.id2token("item_id", history.numpy())) == events[:-2]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("loss", ["ce", "sampled_ce", "bce"])
+def test_cohort_training_equals_one_by_one(tiny_sasrec, optimizer, loss):
+    config, train_dataset, model = tiny_sasrec
+    partition = ClientPartition(training_histories(train_dataset), config["MAX_ITEM_LIST_LENGTH"])
+    settings = LocalSettings(local_epochs=2, optimizer=optimizer, lr=0.05, loss=loss, num_negatives=16)
+    trainer = LocalTrainer(model, settings)
+    start = trainer.global_params()
+    cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(4)])
+    generator = torch.Generator().manual_seed(1)
+    negatives = [trainer.draw_negatives(cohort.targets, generator) for _ in range(settings.local_epochs)]
+    together = trainer.train_cohort(start, cohort, negatives)
+    # Adam divides by sqrt(v): where the true gradient is ~0 (e.g. attention key biases, which
+    # softmax ignores) float noise of ~1e-9 becomes a step of a sizeable share of lr. So Adam is
+    # compared at a tolerance relative to lr; SGD at plain float tolerance.
+    atol = 2e-3 * settings.lr if optimizer == "adam" else 1e-6
+        own = cohort.owner == c
+        client_negatives = [n if n is None or n.dim() == 1 else n[own] for n in negatives]
+        alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], client_negatives)
+        assert alone.weight == together[c].weight
+        for name, delta in alone.dense.items():
+            torch.testing.assert_close(together[c].dense[name], delta, rtol=1e-4, atol=atol)
+        for name, (rows, values) in alone.sparse.items():
+            assert torch.equal(together[c].sparse[name][0], rows)
+            torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=atol)
+        assert bool(alone.sparse) == (loss != "ce")
+
+
+def test_sparse_upload_sends_only_touched_rows(tiny_sasrec):
+    config, train_dataset, model = tiny_sasrec
+    partition = ClientPartition(training_histories(train_dataset), config["MAX_ITEM_LIST_LENGTH"])
+    trainer = LocalTrainer(model, LocalSettings(loss="sampled_ce", num_negatives=4))
+    client = partition.clients[0]
+    negatives = [torch.tensor([1, 2, 3, 4])]
+    update = trainer.train_client(trainer.global_params(), client.inputs, client.targets, negatives)
+    rows, _ = update.sparse["item_embedding.weight"]
+    expected = torch.unique(torch.cat([client.history, negatives[0]]))
+    assert torch.equal(rows, expected)
+    dense = LocalTrainer(model, LocalSettings(loss="ce")).train_client(
+        trainer.global_params(), client.inputs, client.targets, [None])
+    assert update.num_bytes() < dense.num_bytes()
+
+
+def test_objective_matches_model_loss_under_functional_call(tiny_sasrec):
+    _, _, model = tiny_sasrec
+    objective = AllPositionsObjective(model, "ce")
+    inputs = torch.tensor([[1, 2, 3, 0]])
+    targets = torch.tensor([[2, 3, 4, 0]])
+    direct = objective(inputs, targets)
+    params = {f"model.{k}": v for k, v in model.named_parameters()}
+    functional = torch.func.functional_call(objective, params, (inputs, targets))
+    assert direct.item() == pytest.approx(functional.item())

@@ -1,0 +1,79 @@
+"""Local DP on the client: clipping, Gaussian noise, and always-dense uploads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated.privacy import clip_update, privatize, update_norm
+from recbole_lumos.federated.update import ClientUpdate
+
+SHAPES = {"bias": torch.Size([2]), "item": torch.Size([4, 2])}
+
+
+def sample(weight: float = 7.0) -> ClientUpdate:
+    """Norm 5: bias [3, 0] and item row 1 = [0, 4], sent sparsely."""
+    return ClientUpdate(
+        dense={"bias": torch.tensor([3.0, 0.0])},
+        sparse={"item": (torch.tensor([1]), torch.tensor([[0.0, 4.0]]))},
+        weight=weight,
+    )
+
+
+def test_clip_update_scales_globally_and_keeps_sparse() -> None:
+    update = sample()
+    clipped = clip_update(update, 1.0)
+    assert update_norm(clipped) == pytest.approx(1.0)
+    torch.testing.assert_close(clipped.dense["bias"], torch.tensor([0.6, 0.0]))
+    index, rows = clipped.sparse["item"]
+    assert index.tolist() == [1]
+    torch.testing.assert_close(rows, torch.tensor([[0.0, 0.8]]))
+    assert update_norm(update) == pytest.approx(5.0)  # input untouched
+    assert update_norm(clip_update(update, 10.0)) == pytest.approx(5.0)  # under the bound: unchanged
+
+
+def test_privatize_clips_and_uploads_dense() -> None:
+    out = privatize(sample(), clip=1.0, noise_multiplier=0.0, shapes=SHAPES)
+    assert out.sparse == {}
+    assert set(out.dense) == set(SHAPES)
+    assert update_norm(out) <= 1.0 + 1e-6
+    assert out.weight == 7.0
+
+
+def test_privatize_without_noise_and_large_clip_is_identity_but_dense() -> None:
+    update = ClientUpdate(dense={}, sparse={"item": (torch.tensor([0, 3]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))})
+    out = privatize(update, clip=100.0, noise_multiplier=0.0, shapes=SHAPES)
+    assert out.sparse == {}
+    torch.testing.assert_close(out.dense["item"], update.to_dense(SHAPES)["item"])
+    torch.testing.assert_close(out.dense["bias"], torch.zeros(2))  # unsent parameter is uploaded as zeros
+
+
+def test_noise_std_is_multiplier_times_clip() -> None:
+    shapes = {"w": torch.Size([200, 100])}
+    zero = ClientUpdate(dense={"w": torch.zeros(200, 100)})
+    generator = torch.Generator().manual_seed(0)
+    noise = privatize(zero, clip=2.0, noise_multiplier=0.5, shapes=shapes, generator=generator).dense["w"]
+    # 20,000 draws: the sample std is within ~0.5% of 1.0 (std error 1/sqrt(2N)).
+    assert float(noise.std()) == pytest.approx(1.0, rel=0.03)
+    assert abs(float(noise.mean())) < 0.03
+
+
+def test_seeded_noise_is_reproducible() -> None:
+    def noisy(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return privatize(sample(), 1.0, 1.0, SHAPES, generator=generator).dense["item"]
+
+    torch.testing.assert_close(noisy(3), noisy(3))
+    assert not torch.equal(noisy(3), noisy(4))
+
+
+def test_bad_privacy_parameters_raise() -> None:
+    with pytest.raises(ConfigurationError, match="clipping norm"):
+        privatize(sample(), clip=0.0, noise_multiplier=1.0, shapes=SHAPES)
+    with pytest.raises(ConfigurationError, match="noise multiplier"):
+        privatize(sample(), clip=1.0, noise_multiplier=-1.0, shapes=SHAPES)
+    with pytest.raises(ValueError):
+        clip_update(sample(), math.nan)
