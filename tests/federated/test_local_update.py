@@ -5,9 +5,18 @@ import torch
 from recbole.data import create_dataset, data_preparation
 
 from recbole_lumos.config import build_config
-from recbole_lumos.data.partition import ClientPartition, IndexedPartition, collate_cohort, training_histories
+from recbole_lumos.data.partition import (
+    ClientPartition,
+    IndexedPartition,
+    collate_cohort,
+    training_histories,
+)
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
-from recbole_lumos.model.next_item import AllPositionsObjective, all_position_hidden, next_item_loss
+from recbole_lumos.model.next_item import (
+    AllPositionsObjective,
+    all_position_hidden,
+    next_item_loss,
+)
 
 SMALL = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 20,
          "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
@@ -68,16 +77,18 @@ def test_cohort_training_equals_one_by_one(tiny_sasrec, optimizer, loss):
     generator = torch.Generator().manual_seed(1)
     negatives = [trainer.draw_negatives(cohort.targets, generator) for _ in range(settings.local_epochs)]
     together = trainer.train_cohort(start, cohort, negatives)
-    # Adam divides by sqrt(v): where the true gradient is ~0 (e.g. attention key biases, which
-    # softmax ignores) float noise of ~1e-9 becomes a step of a sizeable share of lr. So Adam is
-    # compared at a tolerance relative to lr; SGD at plain float tolerance.
-    atol = 2e-3 * settings.lr if optimizer == "adam" else 1e-6
+    # The attention key bias has a true gradient of 0 (softmax ignores a shift shared by all keys).
+    # Adam divides by sqrt(v), so float noise of ~1e-9 there becomes a step of a sizeable share of
+    # lr, and the second step carries it into the key weights. Adam is therefore compared at 1% of
+    # lr (a full Adam step is ~lr per coordinate); SGD at plain float tolerance.
+    atol = 1e-2 * settings.lr if optimizer == "adam" else 1e-6
+    for c in range(4):
         own = cohort.owner == c
         client_negatives = [n if n is None or n.dim() == 1 else n[own] for n in negatives]
         alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], client_negatives)
         assert alone.weight == together[c].weight
         for name, delta in alone.dense.items():
-            torch.testing.assert_close(together[c].dense[name], delta, rtol=1e-4, atol=atol)
+            torch.testing.assert_close(together[c].dense[name], delta, rtol=1e-4, atol=atol, msg=name)
         for name, (rows, values) in alone.sparse.items():
             assert torch.equal(together[c].sparse[name][0], rows)
             torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=atol)
