@@ -6,13 +6,15 @@ NumPy 2 and pandas 3 break RecBole, setuptools >= 82 breaks ray 2.6.3, and torch
 kept below 2.14 so that a CPU machine does not pull a CUDA build.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="recbole-lumos",
     version="0.1.0",
     description="LUMOS and federated sequential recommendation as a RecBole plugin",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["recbole_lumos", "recbole_lumos.*"]),

@@ -21,10 +21,11 @@ from typing import Any
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.data.dataset import Dataset
-from recbole.utils import get_trainer, init_logger, init_seed, set_color
+from recbole.utils import get_local_time, get_trainer, init_logger, init_seed, set_color
 
 from recbole_lumos.config import build_config
 from recbole_lumos.data.atomic_files import ensure_dataset
+from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.model.registry import resolve_model
 
 
@@ -41,6 +42,14 @@ class RunResult:
     checkpoint: str | None
     wall_time_s: float
     config: dict[str, Any] = field(default_factory=dict)
+    train_mode: str = "prefix"
+    federated: bool = False
+    epochs: int | None = None
+    """Epochs (central) or communication rounds (federated) actually run."""
+    bytes_up_per_client: float | None = None
+    """Federated: mean bytes uploaded per participating client per round."""
+    bytes_down_per_client: float | None = None
+    traffic: list[dict[str, float]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
@@ -54,7 +63,9 @@ class DatasetCache:
 
     @staticmethod
     def key(config: Config) -> str:
-        names = sorted(set(config.parameters["Dataset"]) | {"data_path", "dataset", "eval_args", "MAX_ITEM_LIST_LENGTH"})
+        names = sorted(
+            set(config.parameters["Dataset"]) | {"data_path", "dataset", "eval_args", "MAX_ITEM_LIST_LENGTH"}
+        )
         return repr([(name, config[name]) for name in names])
 
     def get(self, config: Config) -> Dataset:
@@ -75,9 +86,47 @@ def _unique_checkpoint(path: str) -> str:
 
 # Keys copied into the result JSON (the full config is in the checkpoint and the log).
 _REPORTED_KEYS = (
-    "MAX_ITEM_LIST_LENGTH", "hidden_size", "n_layers", "n_heads", "epochs", "learning_rate",
-    "train_batch_size", "stopping_step", "valid_metric", "eval_args", "data_path",
+    "MAX_ITEM_LIST_LENGTH",
+    "hidden_size",
+    "n_layers",
+    "n_heads",
+    "epochs",
+    "learning_rate",
+    "train_batch_size",
+    "stopping_step",
+    "valid_metric",
+    "eval_args",
+    "data_path",
+    "client_fraction",
+    "clients_per_round",
+    "client_batch",
+    "local_epochs",
+    "local_optimizer",
+    "local_lr",
+    "local_loss",
+    "num_negatives",
+    "sparse_upload",
+    "aggregator",
+    "server_lr",
+    "ldp_clip",
+    "ldp_noise_multiplier",
 )
+
+
+def _save_recbole_checkpoint(path: str, config: Config, model: Any) -> None:
+    """Save in RecBole's checkpoint layout so :mod:`recbole_lumos.checkpoint` reloads it."""
+    import torch
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config": config,
+        "epoch": None,
+        "cur_step": None,
+        "best_valid_score": None,
+        "state_dict": model.state_dict(),
+        "other_parameter": model.other_parameter(),
+    }
+    torch.save(state, path, pickle_protocol=4)
 
 
 def run_model(
@@ -105,12 +154,34 @@ def run_model(
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = spec.model_class(config, train_data._dataset).to(config["device"])
     logger.info(recommender)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
-    trainer.saved_model_file = _unique_checkpoint(trainer.saved_model_file)
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    federated = bool(config["federated"])
+    train_mode = "all_positions" if federated else str(config["train_mode"])
+    if train_mode not in ("prefix", "all_positions"):
+        raise ConfigurationError(f"train_mode must be 'prefix' or 'all_positions', got {train_mode!r}.")
+    extra: dict[str, Any] = {"train_mode": train_mode, "federated": federated}
+    if train_mode == "prefix":
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
+        trainer.saved_model_file = _unique_checkpoint(trainer.saved_model_file)
+        checkpoint = trainer.saved_model_file
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        extra["epochs"] = len(trainer.train_loss_dict)
+    else:
+        from recbole_lumos.federated.runner import run_lightning
+
+        outcome = run_lightning(config, recommender, train_data, valid_data, test_data)
+        best_valid_result, test_result = outcome["best_valid_result"], outcome["test_result"]
+        best_valid_score = best_valid_result[str(config["valid_metric"]).lower()]
+        traffic = outcome["traffic"]
+        extra.update(epochs=outcome["rounds"], traffic=traffic)
+        if traffic:
+            extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)
+            extra["bytes_down_per_client"] = traffic[-1]["bytes_down_per_client"]
+        checkpoint = _unique_checkpoint(str(Path(config["checkpoint_dir"]) / f"{spec.name}-{get_local_time()}.pth"))
+        if saved:
+            _save_recbole_checkpoint(checkpoint, config, recommender)
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
 
@@ -121,12 +192,13 @@ def run_model(
         best_valid_score=float(best_valid_score),
         best_valid_result={k: float(v) for k, v in best_valid_result.items()},
         test_result={k: float(v) for k, v in test_result.items()},
-        checkpoint=str(Path(trainer.saved_model_file).resolve()) if saved else None,
+        checkpoint=str(Path(checkpoint).resolve()) if saved else None,
         wall_time_s=time.perf_counter() - started,
         config={key: config[key] for key in _REPORTED_KEYS if key in config},
+        **extra,
     )
     if saved:
-        json_path = Path(trainer.saved_model_file).with_suffix(".json")
+        json_path = Path(checkpoint).with_suffix(".json")
         result.save(json_path)
         logger.info(set_color("results", "blue") + f": {json_path}")
     return result

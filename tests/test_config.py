@@ -1,12 +1,11 @@
 from pathlib import Path
 
 import pytest
+from conftest import CPU_SMALL
 
 from recbole_lumos.config import build_config, parse_overrides, property_files
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.model.registry import resolve_model
-
-from conftest import CPU_SMALL
 
 
 def test_overrides_are_typed_like_recbole():

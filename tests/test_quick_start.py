@@ -4,14 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import CPU_SMALL, PROPERTIES
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, get_trainer, init_seed
 
 from recbole_lumos.checkpoint import evaluate_checkpoint
 from recbole_lumos.cli import run
-
-from conftest import CPU_SMALL, PROPERTIES
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,14 @@ def sasrec_run(tmp_path_factory):
     previous = os.getcwd()
     os.chdir(folder)
     try:
-        argv = ["--model=SASRec", "--dataset=ml-100k", "--epochs=2", "--seed=7",
-                f"--config_files={CPU_SMALL}", "--show_progress=False"]
+        argv = [
+            "--model=SASRec",
+            "--dataset=ml-100k",
+            "--epochs=2",
+            "--seed=7",
+            f"--config_files={CPU_SMALL}",
+            "--show_progress=False",
+        ]
         (result,) = run(argv)
     finally:
         os.chdir(previous)
@@ -34,8 +39,12 @@ def sasrec_run(tmp_path_factory):
 def test_cli_gives_exactly_recbole_pipeline_metrics(sasrec_run):
     _, ours = sasrec_run
     files = [str(PROPERTIES / "overall.yaml"), str(PROPERTIES / "dataset" / "ml-100k.yaml"), CPU_SMALL]
-    config = Config(model="SASRec", dataset="ml-100k", config_file_list=files,
-                    config_dict={"epochs": 2, "seed": 7, "show_progress": False})
+    config = Config(
+        model="SASRec",
+        dataset="ml-100k",
+        config_file_list=files,
+        config_dict={"epochs": 2, "seed": 7, "show_progress": False},
+    )
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -61,9 +70,19 @@ def test_checkpoint_reloads_with_same_test_metrics(sasrec_run):
 
 
 def test_plugin_checkpoint_reloads_and_comparison_table(tiny_data, capsys):
-    argv = ["--model=SASRec,CL4SRec", "--dataset=tiny", f"--data_path={tiny_data}", "--epochs=2",
-            "--hidden_size=16", "--inner_size=32", "--n_layers=1", "--n_heads=1", "--MAX_ITEM_LIST_LENGTH=10",
-            "--train_batch_size=64", "--show_progress=False"]
+    argv = [
+        "--model=SASRec,CL4SRec",
+        "--dataset=tiny",
+        f"--data_path={tiny_data}",
+        "--epochs=2",
+        "--hidden_size=16",
+        "--inner_size=32",
+        "--n_layers=1",
+        "--n_heads=1",
+        "--MAX_ITEM_LIST_LENGTH=10",
+        "--train_batch_size=64",
+        "--show_progress=False",
+    ]
     sasrec, cl4srec = run(argv)
     table = capsys.readouterr().out
     assert "| SASRec |" in table and "| CL4SRec |" in table
@@ -72,8 +91,16 @@ def test_plugin_checkpoint_reloads_and_comparison_table(tiny_data, capsys):
 
 
 def test_a_failing_model_is_reported_and_the_others_still_run(tiny_data, capsys):
-    argv = ["--model=LightGCN,SASRec", "--dataset=tiny", f"--data_path={tiny_data}", "--epochs=1",
-            "--hidden_size=16", "--n_layers=1", "--n_heads=1", "--show_progress=False"]
+    argv = [
+        "--model=LightGCN,SASRec",
+        "--dataset=tiny",
+        f"--data_path={tiny_data}",
+        "--epochs=1",
+        "--hidden_size=16",
+        "--n_layers=1",
+        "--n_heads=1",
+        "--show_progress=False",
+    ]
     results = run(argv)
     table = capsys.readouterr().out
     assert [r.model for r in results] == ["SASRec"]

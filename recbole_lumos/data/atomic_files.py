@@ -73,9 +73,11 @@ def check_columns(config: Config, folder: Path) -> None:
         header = read_header(path, separator)
         missing = [c for c in columns if c not in header]
         if missing:
-            why = "time-ordered leave-one-out (eval_args.order: TO) needs a time column; " if (
-                config["TIME_FIELD"] in missing
-            ) else ""
+            why = (
+                "time-ordered leave-one-out (eval_args.order: TO) needs a time column; "
+                if (config["TIME_FIELD"] in missing)
+                else ""
+            )
             raise AtomicFileError(
                 f"{path} has no column {', '.join(repr(c) for c in missing)} (its header has "
                 f"{', '.join(f'{k}:{v}' for k, v in header.items())}). {why}Add the column to "

@@ -129,8 +129,14 @@ class Cohort:
         return len(self.clients)
 
     def to(self, device: torch.device | str) -> Cohort:
-        return Cohort(self.clients, self.users.to(device), self.inputs.to(device), self.targets.to(device),
-                      self.owner.to(device), self.weights.to(device))
+        return Cohort(
+            self.clients,
+            self.users.to(device),
+            self.inputs.to(device),
+            self.targets.to(device),
+            self.owner.to(device),
+            self.weights.to(device),
+        )
 
 
 def collate_cohort(batch: Sequence[tuple[int, ClientData]]) -> Cohort:

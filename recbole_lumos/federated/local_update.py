@@ -145,13 +145,44 @@ class LocalTrainer:
             loss.backward()
             optimizer.step()
         local = {name: p for name, p in self.model.named_parameters()}
-        touched = self._touched(inputs, targets, torch.cat([n.flatten() for n in negatives if n is not None])
-                                if any(n is not None for n in negatives) else None)
+        touched = self._touched(
+            inputs,
+            targets,
+            torch.cat([n.flatten() for n in negatives if n is not None])
+            if any(n is not None for n in negatives)
+            else None,
+        )
         return self._make_update(global_params, local, touched, float((targets > 0).sum()))
+
+    # ------------------------------------------------------------ a whole cohort
+    def cohort_updates(
+        self,
+        global_params: Mapping[str, torch.Tensor],
+        cohort: Cohort,
+        generator: torch.Generator | None,
+        one_by_one: bool = False,
+    ) -> list[ClientUpdate]:
+        """Every client's update for one cohort: negatives drawn once per local epoch and
+        shared by the cohort, clients trained one by one (reference) or vmapped together.
+        ``self.model`` holds the global weights again afterwards."""
+        negatives = [self.draw_negatives(cohort.targets, generator) for _ in range(self.settings.local_epochs)]
+        if not one_by_one and len(cohort) > 1:
+            return self.train_cohort(global_params, cohort, negatives)
+        updates = []
+        for c in range(len(cohort)):
+            own = cohort.owner == c
+            own_negatives = [n if n is None or n.dim() == 1 else n[own] for n in negatives]
+            updates.append(self.train_client(global_params, cohort.inputs[own], cohort.targets[own], own_negatives))
+        with torch.no_grad():  # train_client trains self.model in place: restore the global weights
+            for name, p in self.model.named_parameters():
+                p.copy_(global_params[name])
+        return updates
 
     # ---------------------------------------------------------- cohort: vmapped
     def _client_loss(self, params, inputs, targets, negatives, global_params):
-        loss = functional_call(self.objective, {f"model.{k}": v for k, v in params.items()}, (inputs, targets, negatives))
+        loss = functional_call(
+            self.objective, {f"model.{k}": v for k, v in params.items()}, (inputs, targets, negatives)
+        )
         if self.settings.mu > 0:
             loss = loss + 0.5 * self.settings.mu * sum(((params[n] - global_params[n]) ** 2).sum() for n in params)
         return loss
@@ -189,8 +220,13 @@ class LocalTrainer:
         for c in range(num_clients):
             local = {k: v[c] for k, v in params.items()}
             client_negatives = [n if n is None or n.dim() == 1 else n[c] for n in per_client_negatives]
-            touched = self._touched(inputs[c], targets[c], torch.cat([n.flatten() for n in client_negatives])
-                                    if any(n is not None for n in client_negatives) else None)
+            touched = self._touched(
+                inputs[c],
+                targets[c],
+                torch.cat([n.flatten() for n in client_negatives])
+                if any(n is not None for n in client_negatives)
+                else None,
+            )
             updates.append(self._make_update(global_params, local, touched, float(cohort.weights[c])))
         return updates
 

@@ -61,7 +61,9 @@ def reorder(
     positions = torch.arange(max_len, device=item_seq.device).unsqueeze(0).expand(batch, -1)
     inside = (positions >= start.unsqueeze(1)) & (positions < (start + width).unsqueeze(1))
     keys = positions.float()
-    random_keys = start.unsqueeze(1).float() + _uniform((batch, max_len), item_seq, generator) * width.unsqueeze(1).float()
+    random_keys = (
+        start.unsqueeze(1).float() + _uniform((batch, max_len), item_seq, generator) * width.unsqueeze(1).float()
+    )
     keys = torch.where(inside, random_keys, keys)
     order = keys.argsort(dim=1)
     return torch.gather(item_seq, 1, order), item_seq_len

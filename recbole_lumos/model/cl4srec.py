@@ -8,9 +8,9 @@ RecBole 1.2.1 does not ship CL4SRec, so it is written here as a RecBole
 from __future__ import annotations
 
 import torch
-from torch import nn
 from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.sasrec import SASRec
+from torch import nn
 
 from recbole_lumos.model.augment import random_augment
 from recbole_lumos.model.losses import nt_xent

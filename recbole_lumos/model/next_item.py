@@ -104,8 +104,21 @@ class AllPositionsObjective(nn.Module):
         self.model = model
         self.kind = kind
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
-        if hasattr(self.model, "all_positions_loss"):
-            return self.model.all_positions_loss(inputs, targets, negatives, self.kind)
-        hidden = all_position_hidden(self.model, inputs)
-        return next_item_loss(hidden, targets, candidate_weights(self.model), self.kind, negatives)
+    def forward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return all_positions_loss(self.model, inputs, targets, negatives, self.kind)
+
+
+def all_positions_loss(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    kind: str = "ce",
+) -> torch.Tensor:
+    """The model's own all-position loss if it defines one, else the plain next-item loss."""
+    if hasattr(model, "all_positions_loss"):
+        return model.all_positions_loss(inputs, targets, negatives, kind)
+    hidden = all_position_hidden(model, inputs)
+    return next_item_loss(hidden, targets, candidate_weights(model), kind, negatives)

@@ -35,7 +35,7 @@ def _project_models() -> dict[str, type]:
     return {"CL4SRec": CL4SRec}
 
 
-SHORTHANDS: dict[str, str] = {}
+SHORTHANDS: dict[str, str] = {"FedSASRec": "SASRec", "FedCL4SRec": "CL4SRec"}
 """Shorthand name -> base model name; the shorthand's YAML holds what differs."""
 
 

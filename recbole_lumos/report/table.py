@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from recbole_lumos.quick_start import RunResult
 
 
-def comparison_table(
-    results: Sequence[RunResult], failures: dict[str, str] | None = None, split: str = "test"
-) -> str:
+def comparison_table(results: Sequence[RunResult], failures: dict[str, str] | None = None, split: str = "test") -> str:
     """A Markdown table: one row per model, one column per metric of ``split``."""
     metrics: list[str] = []
     for result in results:

@@ -224,9 +224,7 @@ def test_split_title_year(raw: str, expected: tuple[str, str]) -> None:
     assert split_title_year(raw) == expected
 
 
-def _recbole_dataset(
-    data_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
-) -> Any:
+def _recbole_dataset(data_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Load converted files the way RecBole does (SASRec, default evaluation)."""
     from recbole.config import Config
     from recbole.data import create_dataset
@@ -246,9 +244,7 @@ def _recbole_dataset(
     return create_dataset(config)
 
 
-def test_recbole_loads_converted_ml_1m(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_recbole_loads_converted_ml_1m(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _ml1m_archive(_raw_dir(tmp_path, "ml-1m") / "ml-1m.zip")
     prepare_dataset("ml-1m", tmp_path, download=False)
     dataset = _recbole_dataset(tmp_path, "ml-1m", monkeypatch)
@@ -294,9 +290,7 @@ def test_amazon_2014(tmp_path: Path, name: str) -> None:
     assert source is not None
     base = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
     assert source.raw_files == (
-        RawFile(
-            f"{base}/reviews_{category}_5.json.gz", f"reviews_{category}_5.json.gz"
-        ),
+        RawFile(f"{base}/reviews_{category}_5.json.gz", f"reviews_{category}_5.json.gz"),
         RawFile(f"{base}/meta_{category}.json.gz", f"meta_{category}.json.gz"),
     )
     raw = _raw_dir(tmp_path, name)
@@ -334,9 +328,7 @@ def test_amazon_2014(tmp_path: Path, name: str) -> None:
             }
         ),
         repr({"asin": "B2", "categories": [["Beauty"]]}),  # no title, price, brand
-        repr(
-            {"asin": "B3", "title": "Soap", "price": 3.0, "categories": [], "brand": ""}
-        ),
+        repr({"asin": "B3", "title": "Soap", "price": 3.0, "categories": [], "brand": ""}),
     ]
     assert "'asin'" in meta[0]  # really not JSON
     _gz_lines(raw / f"meta_{category}.json.gz", meta)
@@ -420,9 +412,7 @@ def test_amazon_2018_beauty(tmp_path: Path) -> None:
                     "price": "$1,299.50",
                 }
             ),
-            json.dumps(
-                {"asin": "X3", "title": "unreviewed", "category": [], "price": "$1.00"}
-            ),
+            json.dumps({"asin": "X3", "title": "unreviewed", "category": [], "price": "$1.00"}),
             json.dumps(
                 {
                     "asin": "X2",
@@ -431,9 +421,7 @@ def test_amazon_2018_beauty(tmp_path: Path) -> None:
                     "price": "$5.00 - $9.00",
                 }
             ),
-            json.dumps(
-                {"asin": "X1", "title": "duplicate row", "category": [], "price": ""}
-            ),
+            json.dumps({"asin": "X1", "title": "duplicate row", "category": [], "price": ""}),
         ],
     )
     out = prepare_dataset(name, tmp_path, download=False)
@@ -518,9 +506,7 @@ def test_mind_small(tmp_path: Path) -> None:
     ]
 
 
-def test_recbole_loads_converted_mind_small(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_recbole_loads_converted_mind_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _mind_archive(_raw_dir(tmp_path, "mind-small") / "MINDsmall_train.zip")
     prepare_dataset("mind-small", tmp_path, download=False)
     dataset = _recbole_dataset(tmp_path, "mind-small", monkeypatch)
@@ -571,9 +557,7 @@ def test_unknown_name_lists_known_sources(tmp_path: Path) -> None:
     assert "--data_path=DIR" in message
 
 
-def test_failed_download_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_download_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
     def offline(request: urllib.request.Request, timeout: float = 0) -> None:
@@ -595,9 +579,7 @@ def test_failed_download_leaves_nothing(
 class _Response(io.BytesIO):
     """What urlopen returns, enough for download_file: read(), headers, a context."""
 
-    def __init__(
-        self, body: bytes, *, fail_after: int | None = None, length: int | None = None
-    ) -> None:
+    def __init__(self, body: bytes, *, fail_after: int | None = None, length: int | None = None) -> None:
         super().__init__(body)
         self.fail_after = fail_after
         self.headers = {"Content-Length": str(len(body) if length is None else length)}
@@ -608,9 +590,7 @@ class _Response(io.BytesIO):
         return super().read(min(size, 8) if size and size > 0 else size)
 
 
-def test_interrupted_download_leaves_no_partial_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_download_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         urllib.request,
         "urlopen",
@@ -631,9 +611,7 @@ def test_interrupted_download_leaves_no_partial_file(
     assert _files(tmp_path) == ["raw"]
 
 
-def test_interrupted_second_download_keeps_complete_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_second_download_keeps_complete_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def serve(request: urllib.request.Request, timeout: float = 0) -> _Response:
         if "meta_" in request.full_url:
             return _Response(b"y" * 64, fail_after=16)
@@ -703,14 +681,8 @@ def test_registry() -> None:
     }
     for name, source in SOURCES.items():
         assert isinstance(source, DatasetSource)
-        assert (
-            source.name == name
-            and source.homepage.startswith("http")
-            and source.license_note
-        )
-        assert source.raw_files and all(
-            r.url.endswith("/" + r.filename) for r in source.raw_files
-        )
+        assert source.name == name and source.homepage.startswith("http") and source.license_note
+        assert source.raw_files and all(r.url.endswith("/" + r.filename) for r in source.raw_files)
     assert get_source("nope") is None
     assert SOURCES["ml-1m"].atomic_filenames() == [
         "ml-1m.inter",

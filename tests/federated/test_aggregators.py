@@ -27,12 +27,17 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert actual.shape == expected.shape and torch.allclose(actual, expected, atol=1e-6), (actual, expected)
 
 
-def upd(bias: list[float] | None = None, rows: dict[int, list[float]] | None = None, weight: float = 1.0) -> ClientUpdate:
+def upd(
+    bias: list[float] | None = None, rows: dict[int, list[float]] | None = None, weight: float = 1.0
+) -> ClientUpdate:
     """A client update: optional dense bias, optional sparse item rows {row: values}."""
     dense = {} if bias is None else {"bias": torch.tensor(bias, dtype=torch.float32)}
     sparse = {}
     if rows:
-        sparse["item"] = (torch.tensor(list(rows), dtype=torch.long), torch.tensor(list(rows.values()), dtype=torch.float32))
+        sparse["item"] = (
+            torch.tensor(list(rows), dtype=torch.long),
+            torch.tensor(list(rows.values()), dtype=torch.float32),
+        )
     return ClientUpdate(dense=dense, sparse=sparse, weight=weight)
 
 

@@ -18,8 +18,15 @@ from recbole_lumos.model.next_item import (
     next_item_loss,
 )
 
-SMALL = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 20,
-         "hidden_dropout_prob": 0.0, "attn_dropout_prob": 0.0}
+SMALL = {
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 20,
+    "hidden_dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+}
 
 
 @pytest.fixture
@@ -106,7 +113,8 @@ def test_sparse_upload_sends_only_touched_rows(tiny_sasrec):
     expected = torch.unique(torch.cat([client.history, negatives[0]]))
     assert torch.equal(rows, expected)
     dense = LocalTrainer(model, LocalSettings(loss="ce")).train_client(
-        trainer.global_params(), client.inputs, client.targets, [None])
+        trainer.global_params(), client.inputs, client.targets, [None]
+    )
     assert update.num_bytes() < dense.num_bytes()
 
 

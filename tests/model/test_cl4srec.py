@@ -16,11 +16,11 @@ def test_crop_keeps_a_contiguous_window_of_the_history():
     for seed in range(20):
         out, out_len = crop(SEQ, LEN, 0.6, torch.Generator().manual_seed(seed))
         assert out_len.tolist() == [3, 1, 4]
-        for row, n, src, src_n in zip(out, out_len, SEQ, LEN):
+        for row, n, src, src_n in zip(out, out_len, SEQ, LEN, strict=True):
             window = row[:n].tolist()
             history = src[:src_n].tolist()
             start = history.index(window[0])
-            assert history[start:start + int(n)] == window
+            assert history[start : start + int(n)] == window
             assert row[n:].eq(0).all()
 
 
@@ -34,7 +34,7 @@ def test_mask_replaces_exactly_floor_ratio_items_inside_the_history():
 def test_reorder_permutes_only_a_window():
     for seed in range(20):
         out, _ = reorder(SEQ, LEN, 0.5, torch.Generator().manual_seed(seed))
-        for row, src, n in zip(out, SEQ, LEN):
+        for row, src, n in zip(out, SEQ, LEN, strict=True):
             assert sorted(row[:n].tolist()) == sorted(src[:n].tolist())
             assert row[n:].eq(0).all()
             changed = (row != src).nonzero().flatten().tolist()
@@ -43,10 +43,24 @@ def test_reorder_permutes_only_a_window():
 
 
 def test_random_augment_is_reproducible():
-    a = random_augment(SEQ, LEN, crop_ratio=0.6, mask_ratio=0.3, reorder_ratio=0.6, mask_token=99,
-                       generator=torch.Generator().manual_seed(3))
-    b = random_augment(SEQ, LEN, crop_ratio=0.6, mask_ratio=0.3, reorder_ratio=0.6, mask_token=99,
-                       generator=torch.Generator().manual_seed(3))
+    a = random_augment(
+        SEQ,
+        LEN,
+        crop_ratio=0.6,
+        mask_ratio=0.3,
+        reorder_ratio=0.6,
+        mask_token=99,
+        generator=torch.Generator().manual_seed(3),
+    )
+    b = random_augment(
+        SEQ,
+        LEN,
+        crop_ratio=0.6,
+        mask_ratio=0.3,
+        reorder_ratio=0.6,
+        mask_token=99,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -67,9 +81,18 @@ def test_nt_xent_matches_hand_computation():
 def test_cl4srec_plugs_into_recbole_and_trains(tiny_data):
     from recbole.data import create_dataset, data_preparation
 
-    config = build_config("CL4SRec", "tiny", overrides={
-        "data_path": str(tiny_data), "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1,
-        "MAX_ITEM_LIST_LENGTH": 10})
+    config = build_config(
+        "CL4SRec",
+        "tiny",
+        overrides={
+            "data_path": str(tiny_data),
+            "hidden_size": 16,
+            "inner_size": 32,
+            "n_layers": 1,
+            "n_heads": 1,
+            "MAX_ITEM_LIST_LENGTH": 10,
+        },
+    )
     assert config["model"] == "CL4SRec"
     train_data, _, _ = data_preparation(config, create_dataset(config))
     model = CL4SRec(config, train_data._dataset)

@@ -11,6 +11,7 @@ them first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -87,13 +88,9 @@ _AMAZON_2014_LICENSE = (
     "McAuley et al., SIGIR 2015 and He & McAuley, WWW 2016."
 )
 _AMAZON_2018_LICENSE = (
-    "Amazon review data (2018), J. Ni, J. Li, J. McAuley; for research use; cite "
-    "Ni et al., EMNLP 2019."
+    "Amazon review data (2018), J. Ni, J. Li, J. McAuley; for research use; cite Ni et al., EMNLP 2019."
 )
-_MIND_LICENSE = (
-    "MIND, Microsoft Research License Terms: non-commercial research use; cite "
-    "F. Wu et al., ACL 2020."
-)
+_MIND_LICENSE = "MIND, Microsoft Research License Terms: non-commercial research use; cite F. Wu et al., ACL 2020."
 
 
 def _movielens(name: str, converter: Callable[..., list[Path]]) -> DatasetSource:
@@ -118,9 +115,7 @@ def _amazon_2014(name: str, category: str) -> DatasetSource:
         ),
         homepage="https://jmcauley.ucsd.edu/data/amazon/",
         license_note=_AMAZON_2014_LICENSE,
-        converter=partial(
-            convert_amazon, reviews_file=reviews, meta_file=meta, release="2014"
-        ),
+        converter=partial(convert_amazon, reviews_file=reviews, meta_file=meta, release="2014"),
     )
 
 
@@ -135,9 +130,7 @@ def _amazon_2018(name: str, category: str) -> DatasetSource:
         ),
         homepage="https://nijianmo.github.io/amazon/index.html",
         license_note=_AMAZON_2018_LICENSE,
-        converter=partial(
-            convert_amazon, reviews_file=reviews, meta_file=meta, release="2018"
-        ),
+        converter=partial(convert_amazon, reviews_file=reviews, meta_file=meta, release="2018"),
     )
 
 
@@ -185,9 +178,7 @@ def get_source(name: str) -> DatasetSource | None:
 # ---------------------------------------------------------------------- preparation
 
 
-def prepare_dataset(
-    name: str, data_path: str | Path, *, download: bool = True, timeout: float = 30.0
-) -> Path:
+def prepare_dataset(name: str, data_path: str | Path, *, download: bool = True, timeout: float = 30.0) -> Path:
     """Make sure ``<data_path>/<name>/<name>.inter`` exists and return ``<data_path>/<name>``.
 
     Existing atomic files are used as they are. Otherwise raw files already in
@@ -205,31 +196,23 @@ def prepare_dataset(
         raise DatasetNotFoundError(_unknown_message(name, dataset_dir))
 
     raw_dir = dataset_dir / RAW_DIRNAME
-    missing = [
-        raw for raw in source.raw_files if not (raw_dir / raw.filename).is_file()
-    ]
+    missing = [raw for raw in source.raw_files if not (raw_dir / raw.filename).is_file()]
     if missing:
         if not download:
-            raise DatasetNotFoundError(
-                _missing_message(source, dataset_dir, "downloading is switched off")
-            )
+            raise DatasetNotFoundError(_missing_message(source, dataset_dir, "downloading is switched off"))
         created = [d for d in (Path(data_path), dataset_dir, raw_dir) if not d.exists()]
         try:
             for raw in missing:
                 download_file(raw.url, raw_dir / raw.filename, timeout=timeout)
         except DownloadError as exc:
             _remove_empty_dirs(created)
-            raise DatasetNotFoundError(
-                _missing_message(source, dataset_dir, f"the download failed: {exc}")
-            ) from exc
+            raise DatasetNotFoundError(_missing_message(source, dataset_dir, f"the download failed: {exc}")) from exc
 
     _convert_into(source, raw_dir, dataset_dir)
     return dataset_dir
 
 
-def _convert_into(
-    source: DatasetSource, raw_dir: Path, dataset_dir: Path
-) -> list[Path]:
+def _convert_into(source: DatasetSource, raw_dir: Path, dataset_dir: Path) -> list[Path]:
     """Convert in a staging folder, then move the files in (``.inter`` last).
 
     Why: ``.inter`` is what marks a dataset as ready, so it must appear only once
@@ -249,9 +232,7 @@ def _convert_into(
             SyntaxError,
             zipfile.BadZipFile,
         ) as exc:
-            raise DatasetNotFoundError(
-                _corrupt_message(source, dataset_dir, exc)
-            ) from exc
+            raise DatasetNotFoundError(_corrupt_message(source, dataset_dir, exc)) from exc
         written.sort(key=lambda p: p.suffix == ".inter")
         final = []
         for path in written:
@@ -265,10 +246,8 @@ def _convert_into(
 
 def _remove_empty_dirs(created: list[Path]) -> None:
     for directory in reversed(created):
-        try:
+        with contextlib.suppress(OSError):
             directory.rmdir()
-        except OSError:
-            pass
 
 
 def _raw_list(source: DatasetSource) -> str:
@@ -287,9 +266,7 @@ def _missing_message(source: DatasetSource, dataset_dir: Path, reason: str) -> s
     )
 
 
-def _corrupt_message(
-    source: DatasetSource, dataset_dir: Path, exc: BaseException
-) -> str:
+def _corrupt_message(source: DatasetSource, dataset_dir: Path, exc: BaseException) -> str:
     where = dataset_dir.absolute()
     return (
         f"Dataset '{source.name}' could not be built: a raw file in {where / RAW_DIRNAME}/ "

@@ -97,9 +97,7 @@ def read_reviews(path: Path) -> list[tuple[str, str, float, int]]:
                 int(record["unixReviewTime"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                f"{path.name} record {lineno}: bad review ({exc!r})"
-            ) from exc
+            raise ValueError(f"{path.name} record {lineno}: bad review ({exc!r})") from exc
         if row not in seen:
             seen.add(row)
             rows.append(row)
@@ -135,9 +133,7 @@ def clean_html(text: str) -> str:
     return html.unescape(_TAG.sub(" ", text))
 
 
-def _item_row(
-    asin: str, record: dict, release: str
-) -> tuple[str, str, str, str, float | None]:
+def _item_row(asin: str, record: dict, release: str) -> tuple[str, str, str, str, float | None]:
     if release == "2014":
         title = str(record.get("title") or "")
         categories = record.get("categories") or []
@@ -167,13 +163,9 @@ def _records(path: Path, *, python_literal: bool) -> Iterator[dict]:
             except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
                 # Be lenient about which flavour a mirror serves: try the other parser.
                 try:
-                    record = (
-                        json.loads(line) if python_literal else ast.literal_eval(line)
-                    )
+                    record = json.loads(line) if python_literal else ast.literal_eval(line)
                 except (ValueError, SyntaxError, MemoryError, RecursionError):
-                    raise ValueError(
-                        f"{path.name} line {lineno}: not a record ({exc})"
-                    ) from exc
+                    raise ValueError(f"{path.name} line {lineno}: not a record ({exc})") from exc
             if not isinstance(record, dict):
                 raise TypeError(f"{path.name} line {lineno}: not a dict")
             yield record

@@ -55,9 +55,7 @@ def format_header(columns: Sequence[tuple[str, str]]) -> str:
     return "\t".join(f"{name}:{ftype}" for name, ftype in columns)
 
 
-def write_atomic(
-    path: str | Path, columns: list[tuple[str, str]], rows: Iterable[Sequence[object]]
-) -> Path:
+def write_atomic(path: str | Path, columns: list[tuple[str, str]], rows: Iterable[Sequence[object]]) -> Path:
     """Write one atomic file (header + rows) to ``path`` via a temporary file and a rename.
 
     A cell that starts with a double quote is written CSV-quoted (the quote doubled,
@@ -68,18 +66,14 @@ def write_atomic(
     header = format_header(columns)
     width = len(columns)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
-    )
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(header + "\n")
             for lineno, row in enumerate(rows, start=2):
                 if len(row) != width:
-                    raise ValueError(
-                        f"{path.name} line {lineno}: {len(row)} values for {width} columns"
-                    )
+                    raise ValueError(f"{path.name} line {lineno}: {len(row)} values for {width} columns")
                 fh.write("\t".join(_quote(format_value(v)) for v in row) + "\n")
         os.replace(tmp, path)
     except BaseException:

@@ -46,9 +46,7 @@ def parse_time(text: str) -> int:
     return calendar.timegm(datetime.strptime(text.strip(), TIME_FORMAT).timetuple())
 
 
-def convert_mind(
-    raw_dir: Path, out_dir: Path, name: str, *, archive: str
-) -> list[Path]:
+def convert_mind(raw_dir: Path, out_dir: Path, name: str, *, archive: str) -> list[Path]:
     """Convert ``MINDsmall_train.zip`` by the module's history + clicks rule."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     with zipfile.ZipFile(raw_dir / archive) as zf:
@@ -61,9 +59,7 @@ def convert_mind(
     order = 0
     for lineno, fields in enumerate(behaviors, start=1):
         if len(fields) < 5:
-            raise ValueError(
-                f"behaviors.tsv line {lineno}: expected 5 fields, got {len(fields)}"
-            )
+            raise ValueError(f"behaviors.tsv line {lineno}: expected 5 fields, got {len(fields)}")
         user, when = fields[1].strip(), parse_time(fields[2])
         history = fields[3].split()
         if user not in first or when < first[user][0]:
@@ -72,9 +68,7 @@ def convert_mind(
         for entry in fields[4].split():
             item, sep, label = entry.rpartition("-")
             if not sep:
-                raise ValueError(
-                    f"behaviors.tsv line {lineno}: bad impression {entry!r}"
-                )
+                raise ValueError(f"behaviors.tsv line {lineno}: bad impression {entry!r}")
             if label == "1":
                 user_clicks.append((when, order, item))
                 order += 1

@@ -66,9 +66,7 @@ def split_title_year(title: str) -> tuple[str, str]:
     return match.group("title"), match.group("year")
 
 
-def convert_ml_100k(
-    raw_dir: Path, out_dir: Path, name: str, *, archive: str
-) -> list[Path]:
+def convert_ml_100k(raw_dir: Path, out_dir: Path, name: str, *, archive: str) -> list[Path]:
     """Convert ``ml-100k.zip`` (tab-separated ``u.data``, ``|``-separated ``u.item``/``u.user``)."""
     with zipfile.ZipFile(Path(raw_dir) / archive) as zf:
         ratings = [line.split("\t") for line in _lines(zf, "u.data")]
@@ -83,27 +81,20 @@ def convert_ml_100k(
                 date = _DATE_YEAR.search(fields[2])
                 year = date.group(1) if date else ""
             flags = fields[5 : 5 + len(genres)]
-            genre = " ".join(g for g, flag in zip(genres, flags) if flag.strip() == "1")
+            genre = " ".join(g for g, flag in zip(genres, flags, strict=False) if flag.strip() == "1")
             items.append((fields[0], title, year, genre))
         users = []
         for line in _lines(zf, "u.user"):
-            uid, age, gender, occupation, zip_code = _expect(
-                line.split("|"), 5, "u.user"
-            )
+            uid, age, gender, occupation, zip_code = _expect(line.split("|"), 5, "u.user")
             users.append((uid, age, gender, occupation, zip_code))
     inter = [tuple(_expect(r, 4, "u.data")) for r in ratings]
     return _write(out_dir, name, inter, items, users)
 
 
-def convert_ml_1m(
-    raw_dir: Path, out_dir: Path, name: str, *, archive: str
-) -> list[Path]:
+def convert_ml_1m(raw_dir: Path, out_dir: Path, name: str, *, archive: str) -> list[Path]:
     """Convert ``ml-1m.zip`` (``::``-separated ``ratings.dat``, ``movies.dat``, ``users.dat``)."""
     with zipfile.ZipFile(Path(raw_dir) / archive) as zf:
-        inter = [
-            tuple(_expect(line.split("::"), 4, "ratings.dat"))
-            for line in _lines(zf, "ratings.dat")
-        ]
+        inter = [tuple(_expect(line.split("::"), 4, "ratings.dat")) for line in _lines(zf, "ratings.dat")]
         items = []
         for line in _lines(zf, "movies.dat"):
             mid, raw_title, raw_genres = _expect(line.split("::"), 3, "movies.dat")
@@ -112,16 +103,12 @@ def convert_ml_1m(
             items.append((mid, title, year, genre))
         users = []
         for line in _lines(zf, "users.dat"):
-            uid, gender, age, occupation, zip_code = _expect(
-                line.split("::"), 5, "users.dat"
-            )
+            uid, gender, age, occupation, zip_code = _expect(line.split("::"), 5, "users.dat")
             users.append((uid, age, gender, occupation, zip_code))
     return _write(out_dir, name, inter, items, users)
 
 
-def group_by_user(
-    rows: list[tuple], *, user_col: int = 0, time_col: int = -1
-) -> list[tuple]:
+def group_by_user(rows: list[tuple], *, user_col: int = 0, time_col: int = -1) -> list[tuple]:
     """Group rows by user (first-appearance order), each user's rows sorted by time (stable).
 
     Why: RecBole's sequential split keeps the file order within a user for equal
@@ -137,9 +124,7 @@ def group_by_user(
     return out
 
 
-def _write(
-    out_dir: Path, name: str, inter: list[tuple], items: list[tuple], users: list[tuple]
-) -> list[Path]:
+def _write(out_dir: Path, name: str, inter: list[tuple], items: list[tuple], users: list[tuple]) -> list[Path]:
     out_dir = Path(out_dir)
     return [
         write_atomic(out_dir / f"{name}.inter", INTER_COLUMNS, group_by_user(inter)),
@@ -150,11 +135,7 @@ def _write(
 
 def _member(zf: zipfile.ZipFile, basename: str) -> str:
     """The archive member named ``basename`` at the top level or one folder down."""
-    candidates = [
-        n
-        for n in zf.namelist()
-        if n == basename or (n.endswith("/" + basename) and n.count("/") == 1)
-    ]
+    candidates = [n for n in zf.namelist() if n == basename or (n.endswith("/" + basename) and n.count("/") == 1)]
     if not candidates:
         raise KeyError(f"{basename} not found in {zf.filename}")
     return min(candidates, key=len)

@@ -1,0 +1,178 @@
+"""Run a model through Lightning in all-position mode, federated or central.
+
+One ``pl.Trainer`` per run; one Lightning epoch is one communication round
+(federated) or one pass over all users (central). Checkpoints (``last.ckpt`` every
+round, ``best.ckpt`` by ``valid_metric``), early stopping, loggers and the progress
+bar are Lightning's own. The run folder is named by model, dataset, seed and a hash
+of the config, so rerunning the same command resumes from ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from recbole_lumos.compat import load_trusted
+from recbole_lumos.data.partition import (
+    ClientPartition,
+    IndexedPartition,
+    RoundSampler,
+    collate_cohort,
+    training_histories,
+)
+from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated.callbacks import AggregationCallback
+from recbole_lumos.federated.module import SequentialRecModule
+
+# Keys that do not change what is trained (so they do not change the run folder).
+_VOLATILE = {
+    "resume",
+    "rerun",
+    "show_progress",
+    "device",
+    "gpu_id",
+    "use_gpu",
+    "state",
+    "checkpoint_dir",
+    "epochs",
+    "data_path",
+    "model_display_name",
+    "log_dir",
+}
+
+
+def run_name(config: Any) -> str:
+    """``<Model>-<dataset>-seed<seed>-<hash>``: stable across reruns of the same config."""
+    items = sorted((k, repr(v)) for k, v in config.final_config_dict.items() if k not in _VOLATILE)
+    digest = hashlib.sha1(repr(items).encode()).hexdigest()[:8]
+    name = config["model_display_name"] if "model_display_name" in config else config["model"]
+    return f"{name}-{config['dataset']}-seed{config['seed']}-{digest}"
+
+
+def clients_per_round(config: Any, num_clients: int) -> int:
+    """``clients_per_round`` if set, else ``round(client_fraction * num_clients)`` (at least 1)."""
+    if config["clients_per_round"]:
+        count = int(config["clients_per_round"])
+    else:
+        fraction = float(config["client_fraction"] if config["client_fraction"] is not None else 1.0)
+        if not 0 < fraction <= 1:
+            raise ConfigurationError(f"client_fraction must be in (0, 1], got {fraction}.")
+        count = max(1, round(fraction * num_clients))
+    if not 1 <= count <= num_clients:
+        raise ConfigurationError(
+            f"clients_per_round must be between 1 and {num_clients} (the number of clients), got {count}."
+        )
+    return count
+
+
+def client_loader(config: Any, partition: ClientPartition, federated: bool) -> DataLoader:
+    """Round batches: cohorts of sampled clients, or length-bucketed user batches."""
+    if federated:
+        sampler = RoundSampler(
+            len(partition),
+            clients_per_round=clients_per_round(config, len(partition)),
+            client_batch=int(config["client_batch"] or 1),
+            seed=int(config["seed"]),
+        )
+    else:
+        lengths = [client.history.numel() for client in partition.clients]
+        sampler = RoundSampler(
+            len(partition),
+            clients_per_round=len(partition),
+            client_batch=int(config["user_batch_size"] or 64),
+            seed=int(config["seed"]),
+            lengths=lengths,
+        )
+    return DataLoader(IndexedPartition(partition), batch_sampler=sampler, collate_fn=collate_cohort, num_workers=0)
+
+
+def run_lightning(
+    config: Any, model: torch.nn.Module, train_data: Any, valid_data: Any, test_data: Any
+) -> dict[str, Any]:
+    """Train with Lightning and evaluate on test; returns metrics, paths and traffic."""
+    federated = bool(config["federated"])
+    partition = ClientPartition(training_histories(train_data._dataset), int(config["MAX_ITEM_LIST_LENGTH"]))
+    logger = logging.getLogger()
+    if partition.skipped_users:
+        logger.warning(
+            "%d users have fewer than 2 training items and take no part in training", len(partition.skipped_users)
+        )
+    loader = client_loader(config, partition, federated)
+    folder = Path(config["checkpoint_dir"]) / run_name(config)
+    metric = str(config["valid_metric"]).lower()
+    monitor = f"valid/{metric}"
+    mode = "max" if config["valid_metric_bigger"] else "min"
+    checkpoints = ModelCheckpoint(
+        dirpath=folder,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks: list[pl.Callback] = [
+        checkpoints,
+        EarlyStopping(monitor=monitor, mode=mode, patience=int(config["stopping_step"])),
+    ]
+    aggregation = AggregationCallback(config) if federated else None
+    if aggregation is not None:
+        callbacks.append(aggregation)
+    if config["show_progress"]:
+        callbacks.append(TQDMProgressBar())
+    loggers: list[Any] = [CSVLogger(str(folder), name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(folder), name="tensorboard", version=""))
+    except ImportError:
+        pass
+    trainer = pl.Trainer(
+        max_epochs=int(config["epochs"]),
+        check_val_every_n_epoch=int(config["eval_step"] or 1),
+        callbacks=callbacks,
+        logger=loggers,
+        accelerator="gpu" if torch.device(config["device"]).type == "cuda" else "cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=bool(config["show_progress"]),
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        gradient_clip_val=None,
+        deterministic=False,
+        log_every_n_steps=1,
+    )
+    module = SequentialRecModule(model, config, federated)
+    resume = config["resume"] or (str(folder / "last.ckpt") if (folder / "last.ckpt").is_file() else None)
+    if resume:
+        logger.info("resuming from %s", resume)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*(sampler|batch_sampler).*")
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=valid_data, ckpt_path=resume)
+        best_path = checkpoints.best_model_path or str(folder / "last.ckpt")
+        state = load_trusted(best_path)["state_dict"]
+        module.load_state_dict(state)
+        trainer.validate(module, dataloaders=valid_data, verbose=False)
+        best_valid = dict(module.last_result)
+        trainer.test(module, dataloaders=test_data, verbose=False)
+        test_result = dict(module.last_result)
+    history = aggregation.history if aggregation else []
+    return {
+        "best_valid_result": best_valid,
+        "test_result": test_result,
+        "rounds": int(trainer.current_epoch),
+        "run_folder": str(folder),
+        "traffic": history,
+        "clients": len(partition),
+    }
