@@ -16,7 +16,12 @@ import of :mod:`recbole_lumos`, and undone by nothing else.
    process's command line. Our CLI parses the command line itself and passes the
    values as ``config_dict``; :func:`isolated_argv` hides ``sys.argv`` while a
    ``Config`` is built so nothing is read twice (and tests are not polluted).
-4. **Plugin models are not found by name.** ``recbole.utils.get_model`` searches
+4. **Autograd anomaly detection left on.** ``recbole/model/sequential_recommender/sine.py``
+   calls ``torch.autograd.set_detect_anomaly(True)`` at import time, and importing
+   any sequential model (SASRec included) imports it. Every backward pass then
+   records and checks stack traces: local training ran 5-10x slower here. We import
+   the package once and switch anomaly detection back off; numbers are unchanged.
+5. **Plugin models are not found by name.** ``recbole.utils.get_model`` searches
    only RecBole's packages. We do not patch it: :mod:`recbole_lumos.model.registry`
    resolves names and we always pass classes (``Config(model=Class)``).
 """
@@ -72,4 +77,11 @@ def isolated_argv() -> Iterator[None]:
         sys.argv = saved
 
 
+def _undo_global_anomaly_detection() -> None:
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py, which turns it on)
+
+    torch.autograd.set_detect_anomaly(False)
+
+
 _patch_trainer_torch_load()
+_undo_global_anomaly_detection()

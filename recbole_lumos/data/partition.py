@@ -198,6 +198,9 @@ class RoundSampler(Sampler[list[int]]):
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.shuffle = shuffle
         self.round = 0
+        # Lightning calls ``set_epoch`` on ``dataloader.batch_sampler.sampler``, not on the
+        # batch sampler itself: point that attribute here so every round is announced.
+        self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
         self.round = epoch
@@ -215,12 +218,14 @@ class RoundSampler(Sampler[list[int]]):
         return chosen
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the round is read when the first cohort is requested, not when the
+        # iterator is made (a resumed Lightning run makes it before calling set_epoch).
         chosen = self.round_clients(self.round).tolist()
         cohorts = [chosen[i : i + self.client_batch] for i in range(0, len(chosen), self.client_batch)]
         if self.lengths is not None and self.shuffle:
             order = np.random.default_rng([self.seed, self.round, 1]).permutation(len(cohorts))
             cohorts = [cohorts[i] for i in order]
-        return iter(cohorts)
+        yield from cohorts
 
     def __len__(self) -> int:
         return -(-self.clients_per_round // self.client_batch)

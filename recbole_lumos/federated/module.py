@@ -22,6 +22,7 @@ import torch
 from recbole.utils import get_trainer
 
 from recbole_lumos.data.partition import Cohort
+from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
 from recbole_lumos.federated.privacy import privatize
 from recbole_lumos.model.next_item import all_positions_loss
@@ -63,8 +64,9 @@ class SequentialRecModule(pl.LightningModule):
         global_params = self.local_trainer.global_params()
         one_by_one = int(self.config["client_batch"] or 1) == 1
         updates = self.local_trainer.cohort_updates(global_params, cohort, self._negatives, one_by_one)
+        shapes = {name: p.shape for name, p in global_params.items()}
+        updates = [update.compact(shapes) for update in updates]
         if self.ldp_clip:
-            shapes = {name: p.shape for name, p in global_params.items()}
             updates = [privatize(u, float(self.ldp_clip), self.ldp_noise, shapes, self._noise) for u in updates]
         self._round_clients += len(cohort)
         elapsed = max(time.perf_counter() - self._round_started, 1e-9)
@@ -81,7 +83,20 @@ class SequentialRecModule(pl.LightningModule):
     def configure_optimizers(self):
         if self.federated:
             return None
-        return torch.optim.Adam(
+        # RecBole's ``learner`` and ``learning_rate`` keys, as its Trainer reads them.
+        learners = {
+            "adam": torch.optim.Adam,
+            "sgd": torch.optim.SGD,
+            "adagrad": torch.optim.Adagrad,
+            "rmsprop": torch.optim.RMSprop,
+            "adamw": torch.optim.AdamW,
+        }
+        learner = str(self.config["learner"] or "adam").lower()
+        if learner not in learners:
+            raise ConfigurationError(
+                f"learner must be one of {sorted(learners)} in all_positions mode, got {learner!r}."
+            )
+        return learners[learner](
             self.model.parameters(), lr=self.config["learning_rate"], weight_decay=self.config["weight_decay"] or 0.0
         )
 

@@ -75,24 +75,31 @@ def clients_per_round(config: Any, num_clients: int) -> int:
 
 
 def client_loader(config: Any, partition: ClientPartition, federated: bool) -> DataLoader:
-    """Round batches: cohorts of sampled clients, or length-bucketed user batches."""
+    """Round batches: cohorts of sampled clients, or user batches; both length-bucketed.
+
+    Clients are ordered by number of windows before being cut into cohorts, so a
+    vmapped cohort pads little; the cohorts' order is then shuffled.
+    """
+    windows = [client.inputs.size(0) for client in partition.clients]
     if federated:
-        sampler = RoundSampler(
-            len(partition),
-            clients_per_round=clients_per_round(config, len(partition)),
-            client_batch=int(config["client_batch"] or 1),
-            seed=int(config["seed"]),
-        )
+        per_round = clients_per_round(config, len(partition))
+        batch = int(config["client_batch"] or 1)
     else:
-        lengths = [client.history.numel() for client in partition.clients]
-        sampler = RoundSampler(
-            len(partition),
-            clients_per_round=len(partition),
-            client_batch=int(config["user_batch_size"] or 64),
-            seed=int(config["seed"]),
-            lengths=lengths,
-        )
-    return DataLoader(IndexedPartition(partition), batch_sampler=sampler, collate_fn=collate_cohort, num_workers=0)
+        per_round = len(partition)
+        batch = int(config["user_batch_size"] or 64)
+        windows = [client.history.numel() for client in partition.clients]
+    sampler = RoundSampler(
+        len(partition), clients_per_round=per_round, client_batch=batch, seed=int(config["seed"]), lengths=windows
+    )
+    # Its own generator: creating the iterator must not draw from the global RNG that the
+    # round's dropout is seeded from (a resumed run creates it at another moment).
+    return DataLoader(
+        IndexedPartition(partition),
+        batch_sampler=sampler,
+        collate_fn=collate_cohort,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(int(config["seed"])),
+    )
 
 
 def run_lightning(

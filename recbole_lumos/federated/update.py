@@ -41,6 +41,20 @@ class ClientUpdate:
         """Bytes on the wire: the real tensors' sizes (indices included)."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
+    def compact(self, shapes: Mapping[str, torch.Size]) -> ClientUpdate:
+        """The same update in its smaller encoding: a sparse table that would cost more
+        bytes than the dense tensor (a client that touched most rows) is sent dense."""
+        sparse, dense = {}, dict(self.dense)
+        for name, (index, rows) in self.sparse.items():
+            dense_bytes = torch.Size(shapes[name]).numel() * rows.element_size()
+            if index.numel() * index.element_size() + rows.numel() * rows.element_size() >= dense_bytes:
+                full = torch.zeros(shapes[name], dtype=rows.dtype)
+                full[index] = rows
+                dense[name] = full
+            else:
+                sparse[name] = (index, rows)
+        return ClientUpdate(dense=dense, sparse=sparse, weight=self.weight)
+
     def to_dense(self, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
         """Every parameter as a full tensor; rows a sparse table did not send are zero."""
         out = dict(self.dense)

@@ -54,6 +54,7 @@ def next_item_loss(
     kind: str = "ce",
     negatives: torch.Tensor | None = None,
     reduction: str = "mean",
+    catalogue_size: int | None = None,
 ) -> torch.Tensor:
     """Loss of predicting ``targets`` (``[..., L]``, 0 = skip) from ``hidden`` (``[..., L, d]``).
 
@@ -69,7 +70,11 @@ def next_item_loss(
     elif kind == "sampled_ce":
         if negatives is None or negatives.dim() != 1:
             raise ValueError("sampled_ce needs a shared 1-d tensor of negative item ids")
-        log_q = math.log(negatives.numel() / (item_weights.size(0) - 1))  # uniform proposal, id 0 is padding
+        # log-Q correction for a uniform proposal over the catalogue (id 0 is padding): the
+        # expected count of every item among the K draws. ``item_weights`` may be a client's
+        # local table, so the catalogue size is passed in.
+        size = catalogue_size or item_weights.size(0) - 1
+        log_q = math.log(negatives.numel() / size)
         pos = (hidden * item_weights[targets]).sum(-1, keepdim=True)
         neg = hidden @ item_weights[negatives].T
         neg = neg.masked_fill(negatives == targets.unsqueeze(-1), float("-inf"))
@@ -121,4 +126,6 @@ def all_positions_loss(
     if hasattr(model, "all_positions_loss"):
         return model.all_positions_loss(inputs, targets, negatives, kind)
     hidden = all_position_hidden(model, inputs)
-    return next_item_loss(hidden, targets, candidate_weights(model), kind, negatives)
+    return next_item_loss(
+        hidden, targets, candidate_weights(model), kind, negatives, catalogue_size=model.n_items - 1
+    )

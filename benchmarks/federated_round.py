@@ -1,0 +1,163 @@
+"""One full-participation federated round, two ways, in the same process family.
+
+(a) reference: clients one by one, full-softmax cross-entropy, dense uploads;
+(b) the engine's default (``properties/overall.yaml``): cohorts trained together with
+    ``torch.func.vmap``, ``local_loss`` and sparse item-embedding uploads.
+
+Each way runs in a fresh subprocess so that its peak RSS is its own. Prints a table
+(seconds per round, clients/s, bytes up per client, peak RSS, estimated FLOPs and the
+time those FLOPs need at this machine's measured matmul speed), then ``speedup: a/b``.
+
+    python benchmarks/federated_round.py --dataset=ml-1m --data_path=../shared/datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _setup(dataset: str, data_path: str, overrides: dict):
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_lumos.config import build_config
+    from recbole_lumos.data.partition import ClientPartition, training_histories
+
+    config = build_config("FedSASRec", dataset, overrides={"data_path": data_path, **overrides})
+    init_seed(config["seed"], True)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = config.model_class(config, train_data._dataset)
+    partition = ClientPartition(training_histories(train_data._dataset), config["MAX_ITEM_LIST_LENGTH"])
+    return config, model, partition
+
+
+def _flops(model, partition, clients, loss: str, num_negatives: int, local_epochs: int) -> float:
+    """Forward+backward (3x forward) FLOPs of the local epochs, counting matmuls only."""
+    d = model.hidden_size
+    inner = model.inner_size
+    n_layers = model.n_layers
+    total = 0.0
+    for index in clients:
+        client = partition.clients[index]
+        windows, length = client.inputs.shape
+        tokens = windows * length
+        per_token = n_layers * (2 * 4 * d * d + 2 * 2 * length * d + 2 * 2 * d * inner)
+        candidates = model.n_items if loss == "ce" else (num_negatives + 1 if loss == "sampled_ce" else 2)
+        total += tokens * per_token + client.num_positions * 2 * d * candidates
+    return 3.0 * total * local_epochs
+
+
+def _matmul_gflops() -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 1.0:
+        a @ b
+        n += 1
+    return n * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+
+
+def run_way(way: str, dataset: str, data_path: str, max_clients: int | None) -> dict:
+    from recbole_lumos.data.partition import RoundSampler, collate_cohort
+    from recbole_lumos.federated.aggregators import build_aggregator
+    from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
+
+    config, model, partition = _setup(dataset, data_path, {})
+    settings = LocalSettings.from_config(config)
+    client_batch = int(config["client_batch"])
+    if way == "reference":
+        settings = LocalSettings(
+            local_epochs=settings.local_epochs,
+            optimizer=settings.optimizer,
+            lr=settings.lr,
+            loss="ce",
+            sparse_upload=False,
+        )
+        client_batch = 1
+    trainer = LocalTrainer(model, settings)
+    clients = list(range(len(partition)))[: max_clients or None]
+    # The engine's own round sampler: full participation, cohorts bucketed by number of windows.
+    sampler = RoundSampler(
+        len(clients),
+        clients_per_round=len(clients),
+        client_batch=client_batch,
+        seed=0,
+        lengths=[partition.clients[c].inputs.size(0) for c in clients],
+    )
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    aggregator = build_aggregator("fedavg", shapes, config)
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    bytes_up = []
+    start = time.perf_counter()
+    global_params = trainer.global_params()
+    for members in sampler:
+        cohort = collate_cohort([(clients[c], partition.clients[clients[c]]) for c in members])
+        for update in trainer.cohort_updates(global_params, cohort, generator, one_by_one=client_batch == 1):
+            aggregator.add(update)
+            bytes_up.append(update.num_bytes())
+    aggregate = aggregator.result()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(aggregate[name])
+    seconds = time.perf_counter() - start
+    flops = _flops(model, partition, clients, settings.loss, settings.num_negatives, settings.local_epochs)
+    return {
+        "way": way,
+        "clients": len(clients),
+        "seconds": seconds,
+        "clients_per_s": len(clients) / seconds,
+        "bytes_up_per_client": sum(bytes_up) / len(bytes_up),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gflop": flops / 1e9,
+        "loss": settings.loss,
+        "client_batch": client_batch,
+        "sparse": settings.uploads_sparse,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--data_path", default="dataset/")
+    parser.add_argument("--max_clients", type=int, default=None, help="only the first N clients (quick check)")
+    parser.add_argument("--way", choices=["reference", "default"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.way:
+        print(json.dumps(run_way(args.way, args.dataset, args.data_path, args.max_clients)))
+        return
+    rows = []
+    for way in ("reference", "default"):
+        cmd = [sys.executable, __file__, f"--dataset={args.dataset}", f"--data_path={args.data_path}", f"--way={way}"]
+        if args.max_clients:
+            cmd.append(f"--max_clients={args.max_clients}")
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    gflops = _matmul_gflops()
+    print(
+        f"dataset {args.dataset}, {rows[0]['clients']} clients, matmul peak {gflops:.0f} GFLOP/s, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        "| way | loss | client_batch | sparse upload | s / round | clients/s | bytes up / client | "
+        "peak RSS (MB) | GFLOP | FLOP-limited s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['way']} | {r['loss']} | {r['client_batch']} | {r['sparse']} | {r['seconds']:.1f} | "
+            f"{r['clients_per_s']:.0f} | {r['bytes_up_per_client']:,.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['gflop']:.0f} | {r['gflop'] / gflops:.1f} |"
+        )
+    print(f"speedup: {rows[0]['seconds'] / rows[1]['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

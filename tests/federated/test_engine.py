@@ -1,0 +1,135 @@
+"""The Lightning engine end to end on tiny data: equivalence, resume, traffic, uploads."""
+
+import pytest
+import torch
+
+from conftest import write_tiny_dataset
+from recbole_lumos.checkpoint import evaluate_checkpoint
+from recbole_lumos.compat import load_trusted
+from recbole_lumos.quick_start import run_model
+
+TINY = {
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "hidden_dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+    "show_progress": False,
+}
+
+
+def _params(result) -> dict[str, torch.Tensor]:
+    return load_trusted(result.checkpoint)["state_dict"]
+
+
+def test_one_client_one_sgd_step_equals_a_central_sgd_step(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", name="one", n_users=1, n_items=30)
+    common = {**TINY, "data_path": str(data), "epochs": 1, "seed": 3, "topk": [5], "valid_metric": "NDCG@5"}
+    federated = run_model(
+        "SASRec",
+        "one",
+        overrides={
+            **common,
+            "federated": True,
+            "clients_per_round": 1,
+            "local_epochs": 1,
+            "local_optimizer": "sgd",
+            "local_lr": 0.5,
+            "local_loss": "ce",
+            "sparse_upload": False,
+            "aggregator": "fedavg",
+            "server_lr": 1.0,
+            "checkpoint_dir": str(tmp_path / "fed"),
+        },
+    )
+    central = run_model(
+        "SASRec",
+        "one",
+        overrides={
+            **common,
+            "train_mode": "all_positions",
+            "learner": "sgd",
+            "learning_rate": 0.5,
+            "user_batch_size": 1,
+            "checkpoint_dir": str(tmp_path / "central"),
+        },
+    )
+    fed_params, central_params = _params(federated), _params(central)
+    start = run_model(
+        "SASRec",
+        "one",
+        overrides={
+            **common,
+            "train_mode": "all_positions",
+            "learning_rate": 0.0,
+            "checkpoint_dir": str(tmp_path / "start"),
+        },
+    )
+    moved = 0
+    for name, value in central_params.items():
+        torch.testing.assert_close(fed_params[name], value, rtol=1e-5, atol=1e-6)
+        moved += int(not torch.equal(value, _params(start)[name]))
+    assert moved > 5  # the step really changed the weights
+
+
+def test_federated_run_reports_metrics_and_bytes(tiny_data):
+    result = run_model(
+        "FedSASRec",
+        "tiny",
+        overrides={
+            **TINY,
+            "data_path": str(tiny_data),
+            "epochs": 2,
+            "client_fraction": 0.5,
+            "client_batch": 8,
+            "num_negatives": 8,
+        },
+    )
+    assert set(result.test_result) == {"hit@10", "hit@20", "ndcg@10", "ndcg@20"}
+    assert result.federated and result.train_mode == "all_positions" and result.epochs == 2
+    assert [t["clients"] for t in result.traffic] == [20.0, 20.0]
+    params = load_trusted(result.checkpoint)["state_dict"]
+    dense_bytes = sum(v.numel() * v.element_size() for v in params.values())
+    assert result.bytes_down_per_client == dense_bytes
+    assert 0 < result.bytes_up_per_client < dense_bytes  # sparse item rows
+    assert evaluate_checkpoint(result.checkpoint) == result.test_result
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path):
+    settings = {
+        **TINY,
+        "data_path": str(tiny_data),
+        "client_fraction": 0.5,
+        "client_batch": 4,
+        "hidden_dropout_prob": 0.2,
+        "stopping_step": 100,
+    }
+    straight = run_model(
+        "FedSASRec", "tiny", overrides={**settings, "epochs": 4, "checkpoint_dir": str(tmp_path / "a")}
+    )
+    run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 2, "checkpoint_dir": str(tmp_path / "b")})
+    resumed = run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 4, "checkpoint_dir": str(tmp_path / "b")})
+    assert resumed.epochs == 4
+    assert resumed.test_result == straight.test_result
+    for name, value in _params(straight).items():
+        torch.testing.assert_close(_params(resumed)[name], value)
+
+
+@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "norm_bound", "krum"])
+def test_every_aggregator_runs_a_round(tiny_data, aggregator):
+    result = run_model(
+        "FedSASRec",
+        "tiny",
+        overrides={
+            **TINY,
+            "data_path": str(tiny_data),
+            "epochs": 1,
+            "aggregator": aggregator,
+            "max_update_norm": 1.0,
+            "num_malicious": 1,
+            "client_batch": 8,
+        },
+    )
+    assert result.test_result["hit@20"] >= 0
