@@ -105,3 +105,20 @@ def test_a_failing_model_is_reported_and_the_others_still_run(tiny_data, capsys)
     table = capsys.readouterr().out
     assert [r.model for r in results] == ["SASRec"]
     assert "| LightGCN | failed" in table
+
+
+@pytest.mark.slow
+def test_default_sasrec_command_matches_recbole_pipeline(isolated):
+    """The issue's exact command (default SASRec, ~1-2 min per epoch on a 2-core CPU)."""
+    (ours,) = run(["--model=SASRec", "--dataset=ml-100k", "--epochs=2", "--seed=7", "--show_progress=False"])
+    files = [str(PROPERTIES / "overall.yaml"), str(PROPERTIES / "dataset" / "ml-100k.yaml")]
+    config = Config(model="SASRec", dataset="ml-100k", config_file_list=files,
+                    config_dict={"epochs": 2, "seed": 7, "show_progress": False})
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    reference = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    assert ours.test_result == {k: float(v) for k, v in reference.items()}
