@@ -1,19 +1,23 @@
 """Local training: global weights plus one client's windows in, one :class:`ClientUpdate` out.
 
 It knows nothing about rounds, servers or aggregation (Flower's ClientApp contract).
-Two paths compute the same thing:
+Three paths compute the same thing (each tested against the first to float tolerance):
 
 * :meth:`LocalTrainer.train_client` is the reference: one client at a time, a
   ``torch.optim`` optimiser on a model loaded with the global weights;
-* :meth:`LocalTrainer.train_cohort` trains ``client_batch`` clients at once with
+* :meth:`LocalTrainer.train_packed` (``local_epochs == 1``, SASRec layout, the
+  default): one packed forward/backward for the whole cohort, per-client gradients
+  formed from layer inputs and output gradients (:mod:`~recbole_lumos.federated.packed`);
+* :meth:`LocalTrainer.train_cohort` (any number of local epochs, any model):
   ``torch.func.vmap`` over per-client copies of the weights and a functional
-  SGD/Adam step that matches ``torch.optim`` (tested to float tolerance).
+  SGD/Adam step that matches ``torch.optim``.
 
 Each local epoch is one full-batch step over all of the client's windows.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +27,7 @@ from torch.func import functional_call, grad, vmap
 
 from recbole_lumos.data.partition import Cohort
 from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated import packed
 from recbole_lumos.federated.update import ClientUpdate
 from recbole_lumos.model.next_item import AllPositionsObjective, sample_negatives
 
@@ -69,6 +74,15 @@ class LocalSettings:
 
 
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+@dataclass
+class _Vocabulary:
+    """Per-client local item tables: ``index[c, j]`` is the global row of local id ``j``."""
+
+    index: torch.Tensor
+    sizes: list[int]
+    skip: int
 
 
 class LocalTrainer:
@@ -167,6 +181,8 @@ class LocalTrainer:
         ``self.model`` holds the global weights again afterwards."""
         negatives = [self.draw_negatives(cohort.targets, generator) for _ in range(self.settings.local_epochs)]
         if not one_by_one and len(cohort) > 1:
+            if self.settings.local_epochs == 1:
+                return self.train_packed(global_params, cohort, negatives)
             return self.train_cohort(global_params, cohort, negatives)
         updates = []
         for c in range(len(cohort)):
@@ -177,6 +193,48 @@ class LocalTrainer:
             for name, p in self.model.named_parameters():
                 p.copy_(global_params[name])
         return updates
+
+    # ------------------------------------------------- cohort: one packed step
+    def train_packed(
+        self,
+        global_params: Mapping[str, torch.Tensor],
+        cohort: Cohort,
+        negatives: list[torch.Tensor | None],
+    ) -> list[ClientUpdate]:
+        """One local epoch for every client of ``cohort`` from one packed forward/backward
+        (:mod:`recbole_lumos.federated.packed`); same maths as :meth:`train_client`.
+        Models it cannot handle, and more than one local epoch, go to :meth:`train_cohort`."""
+        if self.settings.local_epochs != 1 or not packed.supports(self.model):
+            return self.train_cohort(global_params, cohort, negatives)
+        num_clients = len(cohort)
+        grads = packed.cohort_gradients(
+            self.model,
+            global_params,
+            cohort.inputs,
+            cohort.targets,
+            cohort.owner,
+            num_clients,
+            self.settings.loss,
+            negatives[0],
+            SPARSE_TABLES if self.settings.uploads_sparse else (),
+        )
+
+        def step(g: torch.Tensor) -> torch.Tensor:
+            return packed.first_step(g, self.settings.optimizer, self.settings.lr, _ADAM_BETAS, _ADAM_EPS)
+
+        dense = {name: step(g) for name, g in grads.dense.items()}
+        sparse = {
+            name: (rows.split(counts), step(values).split(counts))
+            for name, (rows, values, counts) in grads.sparse.items()
+        }
+        return [
+            ClientUpdate(
+                dense={name: delta[c] for name, delta in dense.items()},
+                sparse={name: (rows[c], deltas[c]) for name, (rows, deltas) in sparse.items()},
+                weight=float(cohort.weights[c]),
+            )
+            for c in range(num_clients)
+        ]
 
     # ---------------------------------------------------------- cohort: vmapped
     def _client_loss(self, params, inputs, targets, negatives, global_params):
@@ -205,20 +263,33 @@ class LocalTrainer:
         targets[cohort.owner, slot] = cohort.targets
         per_client_negatives = [self._per_client(n, cohort, slot, num_clients, max_windows) for n in negatives]
 
-        params = {k: v.unsqueeze(0).repeat(num_clients, *([1] * v.dim())) for k, v in global_params.items()}
+        vocab = None
+        if self.settings.uploads_sparse:
+            vocab, inputs, targets, per_client_negatives = self._local_vocabulary(inputs, targets, per_client_negatives)
+        params = {}
+        for name, value in global_params.items():
+            if vocab is not None and name == SPARSE_TABLES[0]:
+                params[name] = value[vocab.index]  # each client holds only its own rows
+            else:
+                params[name] = value.unsqueeze(0).repeat(num_clients, *([1] * value.dim()))
         state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
         grad_fn = grad(self._client_loss)
-        for epoch in range(self.settings.local_epochs):
-            neg = per_client_negatives[epoch]
-            in_dims = (0, 0, 0, None if neg is None or neg.dim() == 1 else 0, None)
-            grads = vmap(grad_fn, in_dims=in_dims, randomness="different")(
-                params, inputs, targets, neg, dict(global_params)
-            )
-            params = self._step(params, grads, state, epoch + 1)
+        with self._mask_token(1 if vocab is not None else None):
+            for epoch in range(self.settings.local_epochs):
+                neg = per_client_negatives[epoch]
+                in_dims = (0, 0, 0, None if neg is None or neg.dim() == 1 else 0, None)
+                grads = vmap(grad_fn, in_dims=in_dims, randomness="different")(
+                    params, inputs, targets, neg, dict(global_params)
+                )
+                params = self._step(params, grads, state, epoch + 1)
 
         updates = []
         for c in range(num_clients):
             local = {k: v[c] for k, v in params.items()}
+            weight = float(cohort.weights[c])
+            if vocab is not None:
+                updates.append(self._local_vocabulary_update(global_params, local, vocab, c, weight))
+                continue
             client_negatives = [n if n is None or n.dim() == 1 else n[c] for n in per_client_negatives]
             touched = self._touched(
                 inputs[c],
@@ -227,8 +298,63 @@ class LocalTrainer:
                 if any(n is not None for n in client_negatives)
                 else None,
             )
-            updates.append(self._make_update(global_params, local, touched, float(cohort.weights[c])))
+            updates.append(self._make_update(global_params, local, touched, weight))
         return updates
+
+    # ------------------------------------------- per-client item vocabularies
+    def _local_vocabulary(self, inputs, targets, negatives):
+        """Remap each client's item ids to a small local table of the rows it touches.
+
+        With a sampled loss a client only ever reads the rows of its own items, its
+        negatives (and the mask token, if the model has one): those rows alone are
+        copied, trained and uploaded. Local id 0 is padding, local id 1 the mask token.
+        """
+        num_clients = inputs.size(0)
+        rows = self.model.item_embedding.weight.size(0)
+        mask = getattr(self.model, "mask_token", None)
+        vocabularies = []
+        for c in range(num_clients):
+            parts = [inputs[c].flatten(), targets[c].flatten()]
+            parts += [n.flatten() if n.dim() == 1 else n[c].flatten() for n in negatives if n is not None]
+            ids = torch.unique(torch.cat(parts))
+            ids = ids[(ids > 0) & (ids != (mask if mask is not None else -1))]
+            head = [0] + ([mask] if mask is not None else [])
+            vocabularies.append(torch.cat([torch.tensor(head, dtype=torch.long), ids]))
+        size = max(v.numel() for v in vocabularies)
+        index = torch.zeros(num_clients, size, dtype=torch.long)
+        lookup = torch.zeros(num_clients, rows, dtype=torch.long)
+        for c, v in enumerate(vocabularies):
+            index[c, : v.numel()] = v
+            lookup[c, v] = torch.arange(v.numel())
+
+        def remap(ids: torch.Tensor) -> torch.Tensor:
+            if ids.dim() == 1:  # shared negatives become per-client local ids
+                return lookup[:, ids]
+            return torch.gather(lookup, 1, ids.reshape(num_clients, -1)).reshape(ids.shape)
+
+        vocab = _Vocabulary(index=index, sizes=[v.numel() for v in vocabularies], skip=len(head))
+        negatives = [None if n is None else remap(n) for n in negatives]
+        return vocab, remap(inputs), remap(targets), negatives
+
+    def _local_vocabulary_update(self, global_params, local, vocab, client: int, weight: float) -> ClientUpdate:
+        table = SPARSE_TABLES[0]
+        dense = {name: local[name].detach() - start for name, start in global_params.items() if name != table}
+        rows = vocab.index[client, 1 : vocab.sizes[client]]  # everything but padding
+        delta = local[table][1 : vocab.sizes[client]].detach() - global_params[table][rows]
+        order = torch.argsort(rows)
+        return ClientUpdate(dense=dense, sparse={table: (rows[order], delta[order])}, weight=weight)
+
+    @contextlib.contextmanager
+    def _mask_token(self, local_id: int | None):
+        """Inside a local table the mask token (CL4SRec, LUMOS) has local id 1."""
+        previous = getattr(self.model, "mask_token", None)
+        if local_id is not None and previous is not None:
+            self.model.mask_token = local_id
+        try:
+            yield
+        finally:
+            if previous is not None:
+                self.model.mask_token = previous
 
     @staticmethod
     def _per_client(negatives, cohort, slot, num_clients, max_windows):

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import write_tiny_dataset
+
 from recbole_lumos.checkpoint import evaluate_checkpoint
 from recbole_lumos.compat import load_trusted
 from recbole_lumos.quick_start import run_model
