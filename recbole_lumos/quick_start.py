@@ -10,6 +10,7 @@ JSON next to the checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -56,7 +57,11 @@ class RunResult:
 
 
 class DatasetCache:
-    """Reuse one RecBole dataset object across models whose data settings agree."""
+    """Reuse one loaded and filtered RecBole dataset across models whose data settings agree.
+
+    ``data_preparation`` builds (mutates) the dataset it is given, so every model gets
+    a deep copy of the pristine object: the same data, loaded and filtered once.
+    """
 
     def __init__(self) -> None:
         self._datasets: dict[str, Dataset] = {}
@@ -64,7 +69,8 @@ class DatasetCache:
     @staticmethod
     def key(config: Config) -> str:
         names = sorted(
-            set(config.parameters["Dataset"]) | {"data_path", "dataset", "eval_args", "MAX_ITEM_LIST_LENGTH"}
+            set(config.parameters["Dataset"])
+            | {"data_path", "dataset", "eval_args", "MAX_ITEM_LIST_LENGTH", "MODEL_TYPE", "MODEL_INPUT_TYPE"}
         )
         return repr([(name, config[name]) for name in names])
 
@@ -72,7 +78,7 @@ class DatasetCache:
         key = self.key(config)
         if key not in self._datasets:
             self._datasets[key] = create_dataset(config)
-        return self._datasets[key]
+        return copy.deepcopy(self._datasets[key])
 
 
 def _unique_checkpoint(path: str) -> str:
