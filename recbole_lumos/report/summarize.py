@@ -19,11 +19,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def label(result: dict) -> str:
+    """Row name: the model, with its train mode when it is not RecBole's prefix mode."""
+    mode = result.get("train_mode", "prefix")
+    return result["model"] if mode == "prefix" or result.get("federated") else f"{result['model']} ({mode})"
+
+
 def summarize(results: Iterable[dict], metrics: Sequence[str] = DEFAULT_METRICS) -> str:
     """A Markdown table: one row per model, test metrics as mean ± std over seeds."""
     by_model: dict[str, list[dict]] = {}
     for result in results:
-        by_model.setdefault(result["model"], []).append(result)
+        by_model.setdefault(label(result), []).append(result)
     header = ["model", "seeds", *[f"test {m}" for m in metrics], "epochs / rounds", "wall time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, runs in by_model.items():

@@ -21,3 +21,9 @@ def test_table_has_one_row_per_model_with_mean_std():
     assert len(rows) == 4
     sasrec = next(r for r in rows if r.startswith("| SASRec"))
     assert "| 1,2 |" in sasrec and "0.2000 ± 0.1414" in sasrec and "| 1.5 | 15 |" in sasrec
+
+
+def test_train_modes_are_separate_rows():
+    central = {**_run("SASRec", 1, 0.1), "train_mode": "all_positions"}
+    table = summarize([_run("SASRec", 1, 0.2), central])
+    assert "| SASRec (all_positions) |" in table and "| SASRec |" in table
