@@ -280,7 +280,22 @@ class _Buffered(Aggregator):
         return stack
 
 
-class CoordinateMedian(_Buffered):
+class _Coordinatewise(_Buffered):
+    """Base of aggregators that combine each coordinate over the clients that sent it."""
+
+    def _combine(self, stack: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """``stack`` is ``[n, *shape]`` with NaN where a client did not send."""
+        raise NotImplementedError
+
+    def _result(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, shape in self.shapes.items():
+            stack = self._stacked(name)
+            out[name] = torch.zeros(shape) if stack is None else self._combine(stack, shape)
+        return out
+
+
+class CoordinateMedian(_Coordinatewise):
     """Coordinate-wise median over the clients that sent each coordinate (Yin et al., 2018).
 
     Unsent coordinates are NaN and skipped (``torch.nanmedian``); a coordinate nobody
@@ -291,19 +306,12 @@ class CoordinateMedian(_Buffered):
 
     name = "median"
 
-    def _result(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for name, shape in self.shapes.items():
-            stack = self._stacked(name)
-            if stack is None:
-                out[name] = torch.zeros(shape)
-                continue
-            median = torch.nanmedian(stack, dim=0).values
-            out[name] = torch.where(torch.isnan(median), torch.zeros_like(median), median)
-        return out
+    def _combine(self, stack: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        median = torch.nanmedian(stack, dim=0).values
+        return torch.where(torch.isnan(median), torch.zeros_like(median), median)
 
 
-class TrimmedMean(_Buffered):
+class TrimmedMean(_Coordinatewise):
     """Coordinate-wise trimmed mean (Yin et al., 2018) over the clients that sent each coordinate.
 
     Per coordinate with ``k`` senders, the ``floor(trim_ratio * k)`` smallest and
@@ -324,23 +332,16 @@ class TrimmedMean(_Buffered):
                 "A typical value is 0.1 (or the expected fraction of malicious clients)."
             )
 
-    def _result(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for name, shape in self.shapes.items():
-            stack = self._stacked(name)
-            if stack is None:
-                out[name] = torch.zeros(shape)
-                continue
-            senders = (~torch.isnan(stack)).sum(dim=0)
-            # A tiny epsilon so that e.g. 0.29 * 100 trims 29, not 28 (float rounding).
-            trim = torch.floor(senders.double() * self.trim_ratio + 1e-9).long()
-            ordered = torch.sort(stack, dim=0).values  # NaN (unsent) sort last
-            position = torch.arange(stack.shape[0], device=stack.device).reshape(-1, *([1] * len(shape)))
-            keep = (position >= trim) & (position < senders - trim)
-            kept = (senders - 2 * trim).clamp(min=1).to(stack.dtype)
-            mean = torch.where(keep, ordered, torch.zeros_like(ordered)).sum(dim=0) / kept
-            out[name] = torch.where(senders > 0, mean, torch.zeros_like(mean))
-        return out
+    def _combine(self, stack: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        senders = (~torch.isnan(stack)).sum(dim=0)
+        # A tiny epsilon so that e.g. 0.29 * 100 trims 29, not 28 (float rounding).
+        trim = torch.floor(senders.double() * self.trim_ratio + 1e-9).long()
+        ordered = torch.sort(stack, dim=0).values  # NaN (unsent) sort last
+        position = torch.arange(stack.shape[0], device=stack.device).reshape(-1, *([1] * len(shape)))
+        keep = (position >= trim) & (position < senders - trim)
+        kept = (senders - 2 * trim).clamp(min=1).to(stack.dtype)
+        mean = torch.where(keep, ordered, torch.zeros_like(ordered)).sum(dim=0) / kept
+        return torch.where(senders > 0, mean, torch.zeros_like(mean))
 
 
 class Krum(_Buffered):
