@@ -10,8 +10,10 @@ JSON next to the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -82,12 +84,29 @@ class DatasetCache:
 
 
 def _unique_checkpoint(path: str) -> str:
-    """RecBole names checkpoints by the second; never overwrite an earlier file."""
-    candidate, n = Path(path), 1
-    while candidate.exists():
-        candidate = Path(path).with_name(f"{Path(path).stem}-{n}.pth")
-        n += 1
-    return str(candidate)
+    """Claim a checkpoint name no other run uses, by creating the file exclusively.
+
+    RecBole names checkpoints by the second, so two runs started in the same second
+    (for example two seeds in parallel) would share, and overwrite, one file. The
+    empty placeholder is replaced by the first save, or removed if the run fails.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        candidate = base if n == 0 else base.with_name(f"{base.stem}-{n}.pth")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return str(candidate)
+        except FileExistsError:
+            n += 1
+
+
+def _release_if_empty(path: str) -> None:
+    """Remove a claimed checkpoint name that no save ever filled (the run failed)."""
+    with contextlib.suppress(OSError):
+        if Path(path).stat().st_size == 0:
+            Path(path).unlink()
 
 
 # Keys copied into the result JSON (the full config is in the checkpoint and the log).
@@ -169,9 +188,12 @@ def run_model(
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
         trainer.saved_model_file = _unique_checkpoint(trainer.saved_model_file)
         checkpoint = trainer.saved_model_file
-        best_valid_score, best_valid_result = trainer.fit(
-            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-        )
+        try:
+            best_valid_score, best_valid_result = trainer.fit(
+                train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+            )
+        finally:
+            _release_if_empty(checkpoint)
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         extra["epochs"] = len(trainer.train_loss_dict)
     else:
@@ -185,8 +207,9 @@ def run_model(
         if traffic:
             extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)
             extra["bytes_down_per_client"] = traffic[-1]["bytes_down_per_client"]
-        checkpoint = _unique_checkpoint(str(Path(config["checkpoint_dir"]) / f"{spec.name}-{get_local_time()}.pth"))
+        checkpoint = str(Path(config["checkpoint_dir"]) / f"{spec.name}-{get_local_time()}.pth")
         if saved:
+            checkpoint = _unique_checkpoint(checkpoint)
             _save_recbole_checkpoint(checkpoint, config, recommender)
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")

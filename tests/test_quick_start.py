@@ -116,3 +116,13 @@ def test_default_sasrec_command_matches_recbole_pipeline(isolated):
     """The issue's exact command (default SASRec, ~1-2 min per epoch on a 2-core CPU)."""
     (ours,) = run(["--model=SASRec", "--dataset=ml-100k", "--epochs=2", "--seed=7", "--show_progress=False"])
     assert ours.test_result == recbole_reference([])
+
+
+def test_runs_started_in_the_same_second_get_distinct_checkpoints(tmp_path):
+    from recbole_lumos.quick_start import _release_if_empty, _unique_checkpoint
+
+    name = str(tmp_path / "saved" / "CL4SRec-Nov-26-2026_21-02-00.pth")
+    first, second = _unique_checkpoint(name), _unique_checkpoint(name)
+    assert first != second and Path(first).exists() and Path(second).exists()
+    _release_if_empty(second)  # a run that failed before saving leaves nothing behind
+    assert not Path(second).exists() and Path(first).exists()
