@@ -11,10 +11,13 @@ MAX_ITEM_LIST_LENGTH`` inputs fed once with a causal mask (the original SASRec
 recipe), instead of one padded sample per prefix.
 
 **Window rule.** If ``n - 1 <= L`` there is one window. Otherwise windows start every
-``L // 2`` positions, and the last one is aligned to the end of the history. Each
-window only trains the positions that the previous window did not reach. So every
-position is trained exactly once, and apart from the first window's own first half,
-every trained position sees at least ``L // 2`` items of context.
+``S`` positions (``window_stride``, default ``L // 2``), and the last one is aligned
+to the end of the history. Each window only trains the positions that the previous
+window did not reach. So every position is trained exactly once, and apart from the
+first window's own first positions, every trained position sees at least ``L - S``
+items of context. A smaller stride gives more context per position (closer to
+prefix mode, where a position sees up to ``L`` items) at ``L / S`` forward passes
+per position instead of 2.
 """
 
 from __future__ import annotations
@@ -52,21 +55,23 @@ def training_histories(train_dataset) -> dict[int, torch.Tensor]:
     return {user: torch.tensor(items, dtype=torch.long) for user, items in histories.items()}
 
 
-def window_starts(num_positions: int, max_len: int) -> list[int]:
+def window_starts(num_positions: int, max_len: int, stride: int | None = None) -> list[int]:
     """Start of every window over ``num_positions`` inputs (see the module docstring)."""
     if num_positions <= max_len:
         return [0]
-    stride = max(1, max_len // 2)
+    stride = max(1, min(stride or max_len // 2, max_len))
     starts = list(range(0, num_positions - max_len, stride))
     starts.append(num_positions - max_len)
     return sorted(set(starts))
 
 
-def make_windows(history: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_windows(
+    history: torch.Tensor, max_len: int, stride: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, targets)``, each ``[num_windows, max_len]``; target 0 means "no loss here"."""
     inputs_all, targets_all = history[:-1], history[1:]
     m = inputs_all.numel()
-    starts = window_starts(m, max_len)
+    starts = window_starts(m, max_len, stride)
     inputs = torch.zeros(len(starts), max_len, dtype=torch.long)
     targets = torch.zeros(len(starts), max_len, dtype=torch.long)
     covered = 0  # positions [0, covered) are already trained
@@ -96,10 +101,10 @@ class ClientData:
 class ClientPartition(Dataset):
     """All clients of a dataset; ``partition[i]`` is client ``i``'s :class:`ClientData`."""
 
-    def __init__(self, histories: dict[int, torch.Tensor], max_len: int) -> None:
+    def __init__(self, histories: dict[int, torch.Tensor], max_len: int, stride: int | None = None) -> None:
         self.max_len = max_len
         self.clients = [
-            ClientData(user, history, *make_windows(history, max_len))
+            ClientData(user, history, *make_windows(history, max_len, stride))
             for user, history in sorted(histories.items())
             if history.numel() >= 2
         ]

@@ -10,11 +10,13 @@ import torch
 
 from recbole_lumos.federated.accounting import RoundTraffic, tensor_bytes
 from recbole_lumos.federated.aggregators import build_aggregator
+from recbole_lumos.federated.server_optimizer import apply_aggregate, build_server_optimizer
 
 
 class AggregationCallback(pl.Callback):
     """Folds each cohort's client updates into the aggregator and, when the round's last
-    cohort is done, applies ``global += server_lr * aggregate`` to the global backbone.
+    cohort is done, steps the global backbone with the aggregate as pseudo-gradient
+    (``server_optimizer``; plain ``sgd`` is ``global += server_lr * aggregate``).
 
     It aggregates on the last training batch rather than in ``on_train_epoch_end``
     because Lightning runs validation *before* ``on_train_epoch_end``; validation must
@@ -25,8 +27,9 @@ class AggregationCallback(pl.Callback):
     def __init__(self, config: Any) -> None:
         self.config = config
         self.name = str(config["aggregator"] or "fedavg")
-        self.server_lr = float(config["server_lr"] if config["server_lr"] is not None else 1.0)
         self.aggregator = None
+        self.server_optimizer: torch.optim.Optimizer | None = None
+        self._server_state: dict[str, Any] | None = None  # restored before the optimiser exists
         self.traffic = RoundTraffic()
         self.history: list[dict[str, float]] = []
 
@@ -45,11 +48,17 @@ class AggregationCallback(pl.Callback):
         if batch_idx + 1 == trainer.num_training_batches:
             self._apply(trainer, pl_module)
 
-    @torch.no_grad()
+    def _optimizer(self, pl_module: pl.LightningModule) -> torch.optim.Optimizer:
+        if self.server_optimizer is None:
+            self.server_optimizer = build_server_optimizer(pl_module.model.parameters(), self.config)
+            if self._server_state is not None:
+                self.server_optimizer.load_state_dict(self._server_state)
+                self._server_state = None
+        return self.server_optimizer
+
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         aggregate = self.aggregator.result()
-        for name, p in pl_module.model.named_parameters():
-            p.add_(aggregate[name].to(p.device, p.dtype), alpha=self.server_lr)
+        apply_aggregate(self._optimizer(pl_module), dict(pl_module.model.named_parameters()), aggregate)
         summary = {
             "round": float(trainer.current_epoch),
             "clients": float(self.traffic.clients),
@@ -70,7 +79,10 @@ class AggregationCallback(pl.Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        server = self.server_optimizer.state_dict() if self.server_optimizer is not None else self._server_state
+        return {"history": self.history, "server_optimizer": server}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self.server_optimizer = None
+        self._server_state = state_dict.get("server_optimizer")

@@ -107,7 +107,11 @@ def run_lightning(
 ) -> dict[str, Any]:
     """Train with Lightning and evaluate on test; returns metrics, paths and traffic."""
     federated = bool(config["federated"])
-    partition = ClientPartition(training_histories(train_data._dataset), int(config["MAX_ITEM_LIST_LENGTH"]))
+    partition = ClientPartition(
+        training_histories(train_data._dataset),
+        int(config["MAX_ITEM_LIST_LENGTH"]),
+        int(config["window_stride"]) if config["window_stride"] else None,
+    )
     logger = logging.getLogger()
     if partition.skipped_users:
         logger.warning(

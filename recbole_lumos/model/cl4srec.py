@@ -14,6 +14,7 @@ from torch import nn
 
 from recbole_lumos.model.augment import random_augment
 from recbole_lumos.model.losses import nt_xent
+from recbole_lumos.model.next_item import all_position_hidden, candidate_weights, next_item_loss
 
 
 class CL4SRec(SASRec):
@@ -69,6 +70,33 @@ class CL4SRec(SASRec):
         seq1, len1, seq2, len2 = self.augmented_views(item_seq, item_seq_len)
         z1, z2 = self.forward(seq1, len1), self.forward(seq2, len2)
         return rec_loss, self.lambda_cl * nt_xent(z1, z2, self.tau, self.sim)
+
+    def all_positions_loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        kind: str = "ce",
+    ) -> torch.Tensor:
+        """All-position training (central ``all_positions`` and federated clients).
+
+        The next-item loss at every position of each window, plus ``lambda_cl`` times
+        NT-Xent between two augmentations of every window in the batch. On a federated
+        client the batch is the client's own windows, so a user with one window has no
+        in-batch negative and only the next-item term moves it (LUMOS adds generated
+        hard negatives for exactly this reason). All-zero rows (the padding that
+        ``vmap`` cohorts add) take no part.
+        """
+        hidden = all_position_hidden(self, inputs)
+        rec = next_item_loss(
+            hidden, targets, candidate_weights(self), kind, negatives, catalogue_size=self.n_items - 1
+        )
+        if self.lambda_cl == 0:
+            return rec
+        lengths = (inputs > 0).sum(1)
+        seq1, len1, seq2, len2 = self.augmented_views(inputs, lengths.clamp(min=1))
+        z1, z2 = self.forward(seq1, len1), self.forward(seq2, len2)
+        return rec + self.lambda_cl * nt_xent(z1, z2, self.tau, self.sim, valid=lengths > 0)
 
     def full_sort_predict(self, interaction: Interaction) -> torch.Tensor:
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

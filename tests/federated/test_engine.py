@@ -97,9 +97,12 @@ def test_federated_run_reports_metrics_and_bytes(tiny_data):
     assert evaluate_checkpoint(result.checkpoint) == result.test_result
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path):
+@pytest.mark.parametrize("server_optimizer", ["sgd", "adam"])
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, server_optimizer):
     settings = {
         **TINY,
+        "server_optimizer": server_optimizer,  # adam: its moments must survive the restart
+        "server_lr": 1.0 if server_optimizer == "sgd" else 0.01,
         "data_path": str(tiny_data),
         "client_fraction": 0.5,
         "client_batch": 4,

@@ -9,6 +9,7 @@ from recbole_lumos.data.partition import (
     ClientPartition,
     IndexedPartition,
     collate_cohort,
+    make_windows,
     training_histories,
 )
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
@@ -127,3 +128,21 @@ def test_objective_matches_model_loss_under_functional_call(tiny_sasrec):
     params = {f"model.{k}": v for k, v in model.named_parameters()}
     functional = torch.func.functional_call(objective, params, (inputs, targets))
     assert direct.item() == pytest.approx(functional.item())
+
+
+@pytest.mark.parametrize("stride", [None, 5, 3, 1])
+def test_windows_train_every_position_once_with_enough_context(stride):
+    max_len = 10
+    history = torch.arange(1, 38)  # 36 next-item positions
+    inputs, targets = make_windows(history, max_len, stride)
+    trained = []
+    for window_inputs, window_targets in zip(inputs, targets, strict=True):
+        for position in (window_targets > 0).nonzero().flatten().tolist():
+            context = int(window_inputs[: position + 1].gt(0).sum())
+            target = int(window_targets[position])
+            # The target's own input is the item right before it, and the context ends there.
+            assert int(window_inputs[position]) == target - 1
+            if target - 1 > max_len:  # beyond the first window
+                assert context >= max_len - (stride or max_len // 2)
+            trained.append(target)
+    assert sorted(trained) == list(range(2, 38))  # each position exactly once

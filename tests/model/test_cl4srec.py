@@ -98,3 +98,50 @@ def test_cl4srec_plugs_into_recbole_and_trains(tiny_data):
     assert model.item_embedding.weight.grad[model.n_items].abs().sum() > 0  # the mask row learns
     scores = model.full_sort_predict(batch)
     assert scores.shape == (len(batch), model.n_items)  # the mask token is never a candidate
+
+
+def test_nt_xent_with_a_validity_mask_ignores_padded_rows():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(3, 4), torch.randn(3, 4)
+    padded1 = torch.cat([z1, torch.zeros(2, 4)])
+    padded2 = torch.cat([z2, torch.zeros(2, 4)])
+    valid = torch.tensor([True, True, True, False, False])
+    for sim in ("dot", "cos"):
+        expected = nt_xent(z1, z2, 0.5, sim)
+        torch.testing.assert_close(nt_xent(padded1, padded2, 0.5, sim, valid=valid), expected)
+
+
+def test_cl4srec_all_positions_loss_adds_the_contrastive_term(tiny_data):
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_lumos.model.next_item import all_position_hidden, candidate_weights, next_item_loss
+
+    overrides = {
+        "data_path": str(tiny_data),
+        "hidden_size": 16,
+        "inner_size": 32,
+        "n_layers": 1,
+        "n_heads": 1,
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "hidden_dropout_prob": 0.0,
+        "attn_dropout_prob": 0.0,
+    }
+    config = build_config("CL4SRec", "tiny", overrides=overrides)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = CL4SRec(config, train_data._dataset)
+    inputs = torch.tensor([[1, 2, 3, 4, 0], [5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    targets = torch.tensor([[2, 3, 4, 5, 0], [6, 7, 8, 0, 0], [9, 10, 11, 12, 13]])
+    rec = next_item_loss(all_position_hidden(model, inputs), targets, candidate_weights(model), "ce")
+    torch.manual_seed(1)
+    total = model.all_positions_loss(inputs, targets)
+    assert total.item() > rec.item()  # NT-Xent over three windows is positive
+    # An all-zero window (vmap padding) changes neither term. Identity augmentations make
+    # the views independent of the random draws, which the extra row shifts.
+    model.crop_ratio, model.mask_ratio, model.reorder_ratio = 1.0, 0.0, 0.0
+    padded_inputs = torch.cat([inputs, torch.zeros(1, 5, dtype=torch.long)])
+    padded_targets = torch.cat([targets, torch.zeros(1, 5, dtype=torch.long)])
+    torch.testing.assert_close(
+        model.all_positions_loss(padded_inputs, padded_targets), model.all_positions_loss(inputs, targets)
+    )
+    model.lambda_cl = 0.0
+    torch.testing.assert_close(model.all_positions_loss(inputs, targets), rec)
