@@ -34,3 +34,11 @@ class ConfigurationError(LumosError):
 
 class CheckpointError(LumosError):
     """A checkpoint cannot be read or does not match this code."""
+
+
+class LanguageModelError(LumosError):
+    """The generator's language model (or its adapter) cannot be found or loaded."""
+
+
+class GenerationError(LumosError):
+    """The language model's output cannot be turned into views (after retries and fallbacks)."""

@@ -53,6 +53,8 @@ class RunResult:
     """Federated: mean bytes uploaded per participating client per round."""
     bytes_down_per_client: float | None = None
     traffic: list[dict[str, float]] = field(default_factory=list)
+    generation: dict[str, Any] | None = None
+    """LUMOS: the generation mode actually used, the views file and its statistics."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
@@ -132,9 +134,21 @@ _REPORTED_KEYS = (
     "num_negatives",
     "sparse_upload",
     "aggregator",
+    "server_optimizer",
     "server_lr",
     "ldp_clip",
     "ldp_noise_multiplier",
+    "user_batch_size",
+    "window_stride",
+    "lambda_cl",
+    "tau",
+    "sim",
+    "w_c",
+    "lumos_views",
+    "k_f",
+    "rho_r",
+    "rho_c",
+    "lumos_generation",
 )
 
 
@@ -184,6 +198,11 @@ def run_model(
     if train_mode not in ("prefix", "all_positions"):
         raise ConfigurationError(f"train_mode must be 'prefix' or 'all_positions', got {train_mode!r}.")
     extra: dict[str, Any] = {"train_mode": train_mode, "federated": federated}
+    if train_mode == "prefix" and getattr(recommender, "needs_views", False):
+        raise ConfigurationError(
+            f"{spec.name} trains in all_positions mode only (its views are joined by user, not by prefix): "
+            "drop --train_mode=prefix, or pass --federated=False for central all-position training."
+        )
     if train_mode == "prefix":
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
         trainer.saved_model_file = _unique_checkpoint(trainer.saved_model_file)
@@ -203,7 +222,7 @@ def run_model(
         best_valid_result, test_result = outcome["best_valid_result"], outcome["test_result"]
         best_valid_score = best_valid_result[str(config["valid_metric"]).lower()]
         traffic = outcome["traffic"]
-        extra.update(epochs=outcome["rounds"], traffic=traffic)
+        extra.update(epochs=outcome["rounds"], traffic=traffic, generation=outcome["generation"])
         if traffic:
             extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)
             extra["bytes_down_per_client"] = traffic[-1]["bytes_down_per_client"]

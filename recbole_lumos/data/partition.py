@@ -92,6 +92,8 @@ class ClientData:
     history: torch.Tensor
     inputs: torch.Tensor
     targets: torch.Tensor
+    views: torch.Tensor | None = None
+    """LUMOS: ``[4, L]`` anchor + F/R/C item ids made from this client's history only."""
 
     @property
     def num_positions(self) -> int:
@@ -101,10 +103,16 @@ class ClientData:
 class ClientPartition(Dataset):
     """All clients of a dataset; ``partition[i]`` is client ``i``'s :class:`ClientData`."""
 
-    def __init__(self, histories: dict[int, torch.Tensor], max_len: int, stride: int | None = None) -> None:
+    def __init__(
+        self,
+        histories: dict[int, torch.Tensor],
+        max_len: int,
+        stride: int | None = None,
+        views: dict[int, torch.Tensor] | None = None,
+    ) -> None:
         self.max_len = max_len
         self.clients = [
-            ClientData(user, history, *make_windows(history, max_len, stride))
+            ClientData(user, history, *make_windows(history, max_len, stride), None if views is None else views[user])
             for user, history in sorted(histories.items())
             if history.numel() >= 2
         ]
@@ -129,6 +137,8 @@ class Cohort:
     """``owner[w]`` is the position in ``clients`` of the client that owns window ``w``."""
     weights: torch.Tensor
     """Training positions per client (FedAvg weight)."""
+    views: torch.Tensor | None = None
+    """LUMOS: ``[num_clients, 4, L]``, each client's own view block."""
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -141,6 +151,7 @@ class Cohort:
             self.targets.to(device),
             self.owner.to(device),
             self.weights.to(device),
+            None if self.views is None else self.views.to(device),
         )
 
 
@@ -159,6 +170,7 @@ def collate_cohort(batch: Sequence[tuple[int, ClientData]]) -> Cohort:
         targets=targets[:, :used],
         owner=owner,
         weights=torch.tensor([float(c.num_positions) for c in clients]),
+        views=None if clients[0].views is None else torch.stack([c.views for c in clients]),
     )
 
 

@@ -125,10 +125,17 @@ class LocalTrainer:
         return ClientUpdate(dense=dense, sparse=sparse, weight=weight)
 
     @staticmethod
-    def _touched(inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None) -> torch.Tensor:
+    def _touched(
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: torch.Tensor | None,
+        views: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         parts = [inputs.flatten(), targets.flatten()]
         if negatives is not None:
             parts.append(negatives.flatten())
+        if views is not None:
+            parts.append(views.flatten())
         ids = torch.unique(torch.cat(parts))
         return ids[ids > 0]
 
@@ -139,8 +146,10 @@ class LocalTrainer:
         inputs: torch.Tensor,
         targets: torch.Tensor,
         negatives: list[torch.Tensor | None],
+        views: torch.Tensor | None = None,
     ) -> ClientUpdate:
-        """One client, ``torch.optim``; ``negatives[e]`` are local epoch ``e``'s negatives."""
+        """One client, ``torch.optim``; ``negatives[e]`` are local epoch ``e``'s negatives,
+        ``views`` the client's own ``[1, 4, L]`` LUMOS view block."""
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 p.copy_(global_params[name])
@@ -151,7 +160,7 @@ class LocalTrainer:
             optimizer = torch.optim.Adam(params, lr=self.settings.lr, betas=_ADAM_BETAS, eps=_ADAM_EPS)
         for epoch in range(self.settings.local_epochs):
             optimizer.zero_grad()
-            loss = self.objective(inputs, targets, negatives[epoch])
+            loss = self.objective(inputs, targets, negatives[epoch], views)
             if self.settings.mu > 0:
                 loss = loss + 0.5 * self.settings.mu * sum(
                     ((p - global_params[n]) ** 2).sum() for n, p in self.model.named_parameters()
@@ -165,6 +174,7 @@ class LocalTrainer:
             torch.cat([n.flatten() for n in negatives if n is not None])
             if any(n is not None for n in negatives)
             else None,
+            views,
         )
         return self._make_update(global_params, local, touched, float((targets > 0).sum()))
 
@@ -188,7 +198,10 @@ class LocalTrainer:
         for c in range(len(cohort)):
             own = cohort.owner == c
             own_negatives = [n if n is None or n.dim() == 1 else n[own] for n in negatives]
-            updates.append(self.train_client(global_params, cohort.inputs[own], cohort.targets[own], own_negatives))
+            own_views = None if cohort.views is None else cohort.views[c : c + 1]
+            updates.append(
+                self.train_client(global_params, cohort.inputs[own], cohort.targets[own], own_negatives, own_views)
+            )
         with torch.no_grad():  # train_client trains self.model in place: restore the global weights
             for name, p in self.model.named_parameters():
                 p.copy_(global_params[name])
@@ -237,9 +250,9 @@ class LocalTrainer:
         ]
 
     # ---------------------------------------------------------- cohort: vmapped
-    def _client_loss(self, params, inputs, targets, negatives, global_params):
+    def _client_loss(self, params, inputs, targets, negatives, views, global_params):
         loss = functional_call(
-            self.objective, {f"model.{k}": v for k, v in params.items()}, (inputs, targets, negatives)
+            self.objective, {f"model.{k}": v for k, v in params.items()}, (inputs, targets, negatives, views)
         )
         if self.settings.mu > 0:
             loss = loss + 0.5 * self.settings.mu * sum(((params[n] - global_params[n]) ** 2).sum() for n in params)
@@ -262,10 +275,13 @@ class LocalTrainer:
         inputs[cohort.owner, slot] = cohort.inputs
         targets[cohort.owner, slot] = cohort.targets
         per_client_negatives = [self._per_client(n, cohort, slot, num_clients, max_windows) for n in negatives]
+        views = None if cohort.views is None else cohort.views.unsqueeze(1)  # [clients, 1, 4, L]
 
         vocab = None
         if self.settings.uploads_sparse:
-            vocab, inputs, targets, per_client_negatives = self._local_vocabulary(inputs, targets, per_client_negatives)
+            vocab, inputs, targets, per_client_negatives, views = self._local_vocabulary(
+                inputs, targets, per_client_negatives, views
+            )
         params = {}
         for name, value in global_params.items():
             if vocab is not None and name == SPARSE_TABLES[0]:
@@ -277,9 +293,9 @@ class LocalTrainer:
         with self._mask_token(1 if vocab is not None else None):
             for epoch in range(self.settings.local_epochs):
                 neg = per_client_negatives[epoch]
-                in_dims = (0, 0, 0, None if neg is None or neg.dim() == 1 else 0, None)
+                in_dims = (0, 0, 0, None if neg is None or neg.dim() == 1 else 0, None if views is None else 0, None)
                 grads = vmap(grad_fn, in_dims=in_dims, randomness="different")(
-                    params, inputs, targets, neg, dict(global_params)
+                    params, inputs, targets, neg, views, dict(global_params)
                 )
                 params = self._step(params, grads, state, epoch + 1)
 
@@ -297,17 +313,19 @@ class LocalTrainer:
                 torch.cat([n.flatten() for n in client_negatives])
                 if any(n is not None for n in client_negatives)
                 else None,
+                None if views is None else views[c],
             )
             updates.append(self._make_update(global_params, local, touched, weight))
         return updates
 
     # ------------------------------------------- per-client item vocabularies
-    def _local_vocabulary(self, inputs, targets, negatives):
+    def _local_vocabulary(self, inputs, targets, negatives, views=None):
         """Remap each client's item ids to a small local table of the rows it touches.
 
         With a sampled loss a client only ever reads the rows of its own items, its
-        negatives (and the mask token, if the model has one): those rows alone are
-        copied, trained and uploaded. Local id 0 is padding, local id 1 the mask token.
+        negatives, its views' items (and the mask token, if the model has one): those
+        rows alone are copied, trained and uploaded. Local id 0 is padding, local id 1
+        the mask token.
         """
         num_clients = inputs.size(0)
         rows = self.model.item_embedding.weight.size(0)
@@ -316,6 +334,8 @@ class LocalTrainer:
         for c in range(num_clients):
             parts = [inputs[c].flatten(), targets[c].flatten()]
             parts += [n.flatten() if n.dim() == 1 else n[c].flatten() for n in negatives if n is not None]
+            if views is not None:
+                parts.append(views[c].flatten())
             ids = torch.unique(torch.cat(parts))
             ids = ids[(ids > 0) & (ids != (mask if mask is not None else -1))]
             head = [0] + ([mask] if mask is not None else [])
@@ -334,7 +354,7 @@ class LocalTrainer:
 
         vocab = _Vocabulary(index=index, sizes=[v.numel() for v in vocabularies], skip=len(head))
         negatives = [None if n is None else remap(n) for n in negatives]
-        return vocab, remap(inputs), remap(targets), negatives
+        return vocab, remap(inputs), remap(targets), negatives, None if views is None else remap(views)
 
     def _local_vocabulary_update(self, global_params, local, vocab, client: int, weight: float) -> ClientUpdate:
         table = SPARSE_TABLES[0]

@@ -58,7 +58,7 @@ class SequentialRecModule(pl.LightningModule):
 
     def training_step(self, cohort: Cohort, batch_idx: int) -> Any:
         if not self.federated:
-            loss = all_positions_loss(self.model, cohort.inputs, cohort.targets)
+            loss = all_positions_loss(self.model, cohort.inputs, cohort.targets, views=cohort.views)
             self.log("train/loss", loss, prog_bar=True, batch_size=len(cohort))
             return loss
         global_params = self.local_trainer.global_params()

@@ -92,8 +92,10 @@ def _layer_names(index: int) -> dict[str, str]:
 
 def supports(model: nn.Module) -> bool:
     """Whether :func:`cohort_gradients` can train ``model``: RecBole's SASRec layout exactly
-    (SASRec, our CL4SRec), without a model-specific ``all_positions_loss``."""
-    if hasattr(model, "all_positions_loss"):
+    (SASRec, our CL4SRec and LUMOS), training on the plain next-item loss only (a model
+    with extra terms says so by defining ``all_positions_loss`` without
+    ``plain_next_item_loss`` being true)."""
+    if hasattr(model, "all_positions_loss") and not getattr(model, "plain_next_item_loss", False):
         return False
     if getattr(type(model), "get_attention_mask", None) is not SequentialRecommender.get_attention_mask:
         return False

@@ -29,6 +29,7 @@ from recbole_lumos.data.partition import (
     collate_cohort,
     training_histories,
 )
+from recbole_lumos.data.view_blocks import view_blocks
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.callbacks import AggregationCallback
 from recbole_lumos.federated.module import SequentialRecModule
@@ -107,12 +108,23 @@ def run_lightning(
 ) -> dict[str, Any]:
     """Train with Lightning and evaluate on test; returns metrics, paths and traffic."""
     federated = bool(config["federated"])
-    partition = ClientPartition(
-        training_histories(train_data._dataset),
-        int(config["MAX_ITEM_LIST_LENGTH"]),
-        int(config["window_stride"]) if config["window_stride"] else None,
-    )
     logger = logging.getLogger()
+    histories = training_histories(train_data._dataset)
+    max_len = int(config["MAX_ITEM_LIST_LENGTH"])
+    blocks, generation = None, None
+    if getattr(model, "needs_views", False):
+        # Views come from each user's training history only (the train split).
+        from recbole_lumos.generation import ensure_views
+
+        view_set = ensure_views(config, train_data._dataset, train_data._dataset)
+        blocks = view_blocks(histories, view_set.views, train_data._dataset, max_len)
+        generation = {"mode": view_set.mode, "path": str(view_set.path), **view_set.stats}
+        missing = sum(int(not block.any()) for block in blocks.values())
+        if missing:
+            logger.warning("%d users have no views and train on the next-item loss alone", missing)
+    partition = ClientPartition(
+        histories, max_len, int(config["window_stride"]) if config["window_stride"] else None, blocks
+    )
     if partition.skipped_users:
         logger.warning(
             "%d users have fewer than 2 training items and take no part in training", len(partition.skipped_users)
@@ -186,4 +198,5 @@ def run_lightning(
         "run_folder": str(folder),
         "traffic": history,
         "clients": len(partition),
+        "generation": generation,
     }

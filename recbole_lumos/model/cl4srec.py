@@ -71,6 +71,11 @@ class CL4SRec(SASRec):
         z1, z2 = self.forward(seq1, len1), self.forward(seq2, len2)
         return rec_loss, self.lambda_cl * nt_xent(z1, z2, self.tau, self.sim)
 
+    @property
+    def plain_next_item_loss(self) -> bool:
+        """With ``lambda_cl = 0`` CL4SRec is SASRec: the packed cohort path may train it."""
+        return self.lambda_cl == 0
+
     def all_positions_loss(
         self,
         inputs: torch.Tensor,

@@ -110,9 +110,13 @@ class AllPositionsObjective(nn.Module):
         self.kind = kind
 
     def forward(
-        self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        views: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return all_positions_loss(self.model, inputs, targets, negatives, self.kind)
+        return all_positions_loss(self.model, inputs, targets, negatives, self.kind, views)
 
 
 def all_positions_loss(
@@ -121,8 +125,15 @@ def all_positions_loss(
     targets: torch.Tensor,
     negatives: torch.Tensor | None = None,
     kind: str = "ce",
+    views: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The model's own all-position loss if it defines one, else the plain next-item loss."""
+    """The model's own all-position loss if it defines one, else the plain next-item loss.
+
+    ``views`` (LUMOS) are the batch's users' generated view blocks; only models that
+    need them receive them.
+    """
+    if views is not None:
+        return model.all_positions_loss(inputs, targets, negatives, kind, views=views)
     if hasattr(model, "all_positions_loss"):
         return model.all_positions_loss(inputs, targets, negatives, kind)
     hidden = all_position_hidden(model, inputs)

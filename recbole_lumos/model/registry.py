@@ -31,8 +31,9 @@ class ModelSpec:
 
 def _project_models() -> dict[str, type]:
     from recbole_lumos.model.cl4srec import CL4SRec
+    from recbole_lumos.model.lumos import LUMOS
 
-    return {"CL4SRec": CL4SRec}
+    return {"CL4SRec": CL4SRec, "LUMOS": LUMOS}
 
 
 SHORTHANDS: dict[str, str] = {"FedSASRec": "SASRec", "FedCL4SRec": "CL4SRec"}

@@ -146,3 +146,42 @@ def test_windows_train_every_position_once_with_enough_context(stride):
                 assert context >= max_len - (stride or max_len // 2)
             trained.append(target)
     assert sorted(trained) == list(range(2, 38))  # each position exactly once
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_ce"])
+def test_lumos_cohort_with_views_equals_one_by_one(tiny_data, loss):
+    from recbole_lumos.data.view_blocks import view_blocks
+    from recbole_lumos.model.lumos import LUMOS
+
+    config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), **SMALL, "lambda_cl": 0.5})
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    dataset = train_data._dataset
+    torch.manual_seed(0)
+    model = LUMOS(config, dataset)
+    histories = training_histories(dataset)
+    # Hand-made views (the generator has its own tests): each user's F/R/C are shifted copies of its history.
+    views = {
+        dataset.id2token(dataset.uid_field, user): {
+            name: list(dataset.id2token(dataset.iid_field, ((h + shift) % (model.n_items - 1)) + 1))
+            for name, shift in (("F", 1), ("R", 2), ("C", 7))
+        }
+        for user, h in histories.items()
+    }
+    blocks = view_blocks(histories, views, dataset, config["MAX_ITEM_LIST_LENGTH"])
+    partition = ClientPartition(histories, config["MAX_ITEM_LIST_LENGTH"], views=blocks)
+    settings = LocalSettings(local_epochs=2, optimizer="sgd", lr=0.05, loss=loss, num_negatives=16)
+    trainer = LocalTrainer(model, settings)
+    start = trainer.global_params()
+    cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(4)])
+    assert cohort.views.shape == (4, 4, config["MAX_ITEM_LIST_LENGTH"])
+    negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1)) for _ in range(2)]
+    together = trainer.train_cohort(start, cohort, negatives)
+    for c in range(4):
+        own = cohort.owner == c
+        alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], negatives, cohort.views[c : c + 1])
+        for name, delta in alone.dense.items():
+            torch.testing.assert_close(together[c].dense[name], delta, rtol=1e-4, atol=1e-6, msg=name)
+        for name, (rows, values) in alone.sparse.items():
+            assert torch.equal(together[c].sparse[name][0], rows)
+            assert set(cohort.views[c].flatten().tolist()) - {0} <= set(rows.tolist())  # view rows are trained
+            torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=1e-6)
