@@ -60,19 +60,26 @@ def run_name(config: Any) -> str:
 
 
 def clients_per_round(config: Any, num_clients: int) -> int:
-    """``clients_per_round`` if set, else ``round(client_fraction * num_clients)`` (at least 1)."""
-    if config["clients_per_round"]:
-        count = int(config["clients_per_round"])
-    else:
-        fraction = float(config["client_fraction"] if config["client_fraction"] is not None else 1.0)
+    """Clients sampled per round.
+
+    ``client_fraction``, when set, wins: ``round(client_fraction * num_clients)``, at least
+    1. Otherwise ``clients_per_round`` (the default recipe's fixed cohort, which keeps a
+    round's cost and the server's pseudo-gradient noise the same on every dataset),
+    capped at the number of clients. With neither, every client takes part.
+    """
+    if config["client_fraction"] is not None:
+        fraction = float(config["client_fraction"])
         if not 0 < fraction <= 1:
             raise ConfigurationError(f"client_fraction must be in (0, 1], got {fraction}.")
-        count = max(1, round(fraction * num_clients))
-    if not 1 <= count <= num_clients:
-        raise ConfigurationError(
-            f"clients_per_round must be between 1 and {num_clients} (the number of clients), got {count}."
-        )
-    return count
+        return max(1, round(fraction * num_clients))
+    if not config["clients_per_round"]:
+        return num_clients
+    count = int(config["clients_per_round"])
+    if count < 1:
+        raise ConfigurationError(f"clients_per_round must be at least 1, got {count}.")
+    if count > num_clients:
+        logging.getLogger().info("clients_per_round=%d > %d clients: every client takes part", count, num_clients)
+    return min(count, num_clients)
 
 
 def client_loader(config: Any, partition: ClientPartition, federated: bool) -> DataLoader:
