@@ -27,3 +27,14 @@ def test_train_modes_are_separate_rows():
     central = {**_run("SASRec", 1, 0.1), "train_mode": "all_positions"}
     table = summarize([_run("SASRec", 1, 0.2), central])
     assert "| SASRec (all_positions) |" in table and "| SASRec |" in table
+
+
+def test_configs_that_differ_between_runs_of_a_model_get_their_own_rows():
+    def cl4srec(seed, sim, tau, ndcg20):
+        return {**_run("CL4SRec", seed, ndcg20), "config": {"sim": sim, "tau": tau, "hidden_size": 32}}
+
+    table = summarize([cl4srec(1, "dot", 1.0, 0.1), cl4srec(2, "dot", 1.0, 0.3), cl4srec(1, "cos", 0.5, 0.4)])
+    assert "| CL4SRec (sim=dot, tau=1.0) | 1,2 |" in table
+    assert "| CL4SRec (sim=cos, tau=0.5) | 1 |" in table
+    alone = summarize([{**_run("SASRec", 1, 0.1), "config": {"window_stride": 5}, "train_mode": "all_positions"}])
+    assert "| SASRec (all_positions) |" in alone
