@@ -48,6 +48,8 @@ _VOLATILE = {
     "data_path",
     "model_display_name",
     "log_dir",
+    "federated_stopping_step",
+    "stopping_step",
 }
 
 
@@ -80,6 +82,22 @@ def clients_per_round(config: Any, num_clients: int) -> int:
     if count > num_clients:
         logging.getLogger().info("clients_per_round=%d > %d clients: every client takes part", count, num_clients)
     return min(count, num_clients)
+
+
+def validation_schedule(config: Any, federated: bool) -> tuple[int, int]:
+    """``(rounds or epochs between validations, validations without improvement before stopping)``.
+
+    Central runs use RecBole's ``eval_step`` and ``stopping_step``. A federated round is
+    far cheaper than an epoch and its curve is noisier, so federated runs read
+    ``federated_eval_step`` and ``federated_stopping_step`` when they are set.
+    """
+    eval_step, patience = config["eval_step"], config["stopping_step"]
+    if federated:
+        if config["federated_eval_step"]:
+            eval_step = config["federated_eval_step"]
+        if config["federated_stopping_step"]:
+            patience = config["federated_stopping_step"]
+    return int(eval_step or 1), int(patience)
 
 
 def client_loader(config: Any, partition: ClientPartition, federated: bool) -> DataLoader:
@@ -138,6 +156,7 @@ def run_lightning(
         )
     loader = client_loader(config, partition, federated)
     folder = Path(config["checkpoint_dir"]) / run_name(config)
+    eval_step, patience = validation_schedule(config, federated)
     metric = str(config["valid_metric"]).lower()
     monitor = f"valid/{metric}"
     mode = "max" if config["valid_metric_bigger"] else "min"
@@ -152,7 +171,7 @@ def run_lightning(
     )
     callbacks: list[pl.Callback] = [
         checkpoints,
-        EarlyStopping(monitor=monitor, mode=mode, patience=int(config["stopping_step"])),
+        EarlyStopping(monitor=monitor, mode=mode, patience=patience),
     ]
     aggregation = AggregationCallback(config) if federated else None
     if aggregation is not None:
@@ -169,7 +188,7 @@ def run_lightning(
         pass
     trainer = pl.Trainer(
         max_epochs=int(config["epochs"]),
-        check_val_every_n_epoch=int(config["eval_step"] or 1),
+        check_val_every_n_epoch=eval_step,
         callbacks=callbacks,
         logger=loggers,
         accelerator="gpu" if torch.device(config["device"]).type == "cuda" else "cpu",

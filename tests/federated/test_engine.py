@@ -40,6 +40,7 @@ def test_one_client_one_sgd_step_equals_a_central_sgd_step(tmp_path):
             "local_loss": "ce",
             "sparse_upload": False,
             "aggregator": "fedavg",
+            "server_optimizer": "sgd",
             "server_lr": 1.0,
             "checkpoint_dir": str(tmp_path / "fed"),
         },
