@@ -43,8 +43,8 @@ def main() -> None:
                 "data_path": args.data_path,
                 "seed": seed,
                 "epochs": args.rounds,
-                "eval_step": args.eval_step,
-                "stopping_step": args.rounds,  # never stop early: same rounds for both
+                "federated_eval_step": args.eval_step,
+                "federated_stopping_step": args.rounds,  # never stop early: same rounds for both
                 "show_progress": False,
                 "checkpoint_dir": f"saved/parity/{way}",
                 **extra,
