@@ -41,18 +41,19 @@ def training_histories(train_dataset) -> dict[int, torch.Tensor]:
     iid_field = train_dataset.iid_field
     list_field = getattr(train_dataset, f"{iid_field}_list_field")
     users = inter[uid_field].numpy()
-    targets = inter[iid_field]
-    first_items = inter[list_field][:, 0]
+    targets = inter[iid_field].numpy()
+    first_items = inter[list_field][:, 0].numpy()
     lengths = inter[train_dataset.item_list_length_field].numpy()
-    histories: dict[int, list[int]] = {}
-    for row, user in enumerate(users):
-        user = int(user)
-        if user not in histories:
-            if lengths[row] != 1:
-                raise ValueError("training rows must start with a one-item prefix; is the data time-ordered?")
-            histories[user] = [int(first_items[row])]
-        histories[user].append(int(targets[row]))
-    return {user: torch.tensor(items, dtype=torch.long) for user, items in histories.items()}
+    order = np.argsort(users, kind="stable")  # each user's rows, in their original (time) order
+    users, targets, first_items, lengths = users[order], targets[order], first_items[order], lengths[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    if (lengths[starts] != 1).any():
+        raise ValueError("training rows must start with a one-item prefix; is the data time-ordered?")
+    histories: dict[int, torch.Tensor] = {}
+    for user_targets, start in zip(np.split(targets, starts[1:]), starts, strict=True):
+        items = np.concatenate([[first_items[start]], user_targets])
+        histories[int(users[start])] = torch.from_numpy(items.astype(np.int64))
+    return histories
 
 
 def window_starts(num_positions: int, max_len: int, stride: int | None = None) -> list[int]:
