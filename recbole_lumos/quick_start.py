@@ -55,6 +55,10 @@ class RunResult:
     traffic: list[dict[str, float]] = field(default_factory=list)
     generation: dict[str, Any] | None = None
     """LUMOS: the generation mode actually used, the views file and its statistics."""
+    num_clients: int | None = None
+    """All-position runs: users that trained (federated: the clients)."""
+    valid_curve: list[dict[str, float]] = field(default_factory=list)
+    """All-position runs: every validation, ``{"epoch": e, "ndcg@20": ..., ...}``."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
@@ -223,6 +227,7 @@ def run_model(
         best_valid_score = best_valid_result[str(config["valid_metric"]).lower()]
         traffic = outcome["traffic"]
         extra.update(epochs=outcome["rounds"], traffic=traffic, generation=outcome["generation"])
+        extra.update(num_clients=outcome["clients"], valid_curve=outcome["valid_curve"])
         if traffic:
             extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)
             extra["bytes_down_per_client"] = traffic[-1]["bytes_down_per_client"]

@@ -9,6 +9,7 @@ of the config, so rerunning the same command resumes from ``last.ckpt``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import warnings
@@ -128,6 +129,20 @@ def client_loader(config: Any, partition: ClientPartition, federated: bool) -> D
     )
 
 
+def validation_curve(metrics_csv: Path) -> list[dict[str, float]]:
+    """Every validation of the run, ``{"epoch": e, "<metric>": value, ...}``, from the CSV logger."""
+    if not metrics_csv.is_file():
+        return []
+    with metrics_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    curve = []
+    for row in rows:
+        values = {k[len("valid/") :]: float(v) for k, v in row.items() if k.startswith("valid/") and v}
+        if values:
+            curve.append({"epoch": float(row["epoch"]), **values})
+    return curve
+
+
 def run_lightning(
     config: Any, model: torch.nn.Module, train_data: Any, valid_data: Any, test_data: Any
 ) -> dict[str, Any]:
@@ -209,6 +224,7 @@ def run_lightning(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*(sampler|batch_sampler).*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=valid_data, ckpt_path=resume)
+        curve = validation_curve(folder / "logs" / "metrics.csv")
         best_path = checkpoints.best_model_path or str(folder / "last.ckpt")
         state = load_trusted(best_path)["state_dict"]
         module.load_state_dict(state)
@@ -225,4 +241,5 @@ def run_lightning(
         "traffic": history,
         "clients": len(partition),
         "generation": generation,
+        "valid_curve": curve,
     }

@@ -36,8 +36,19 @@ def _project_models() -> dict[str, type]:
     return {"CL4SRec": CL4SRec, "LUMOS": LUMOS}
 
 
-SHORTHANDS: dict[str, str] = {"FedSASRec": "SASRec", "FedCL4SRec": "CL4SRec"}
-"""Shorthand name -> base model name; the shorthand's YAML holds what differs."""
+SHORTHANDS: dict[str, str] = {
+    "FedSASRec": "SASRec",
+    "FedCL4SRec": "CL4SRec",
+    "LUMOS-noF": "LUMOS",
+    "LUMOS-noR": "LUMOS",
+    "LUMOS-noC": "LUMOS",
+    "LUMOS-central": "LUMOS",
+}
+"""Shorthand name -> base model name; the shorthand's YAML holds what differs (the LUMOS
+ablations of DESIGN.md §3 are shorthands too)."""
+
+ABLATIONS: dict[str, list[str]] = {"views": ["LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-noC", "LUMOS-central"]}
+"""``--ablate=NAME`` expands ``LUMOS`` into these runs."""
 
 
 def _recbole_model_names() -> list[str]:

@@ -1,0 +1,223 @@
+"""A side-by-side comparison: every (model, seed) run stored as it finishes, then tables and plots.
+
+One folder per comparison holds ``runs/<model>-seed<seed>.json`` (a run's
+:class:`~recbole_lumos.quick_start.RunResult`, or its error), ``results.csv``,
+``results.md`` and the plots. A rerun of the same command finds the finished runs
+and skips them, so an interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS = ("hit@10", "hit@20", "ndcg@10", "ndcg@20")
+KEY_METRIC = "ndcg@20"
+SIGNIFICANCE = 0.05
+
+
+@dataclass
+class ModelSummary:
+    """One row of the comparison: a model's runs over seeds."""
+
+    model: str
+    seeds: list[int] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def values(self, split: str, metric: str) -> list[float]:
+        key = "test_result" if split == "test" else "best_valid_result"
+        return [float(run[key][metric]) for run in self.runs]
+
+    def mean_std(self, split: str, metric: str) -> tuple[float, float]:
+        return mean_std(self.values(split, metric))
+
+    def by_seed(self, split: str, metric: str) -> dict[int, float]:
+        key = "test_result" if split == "test" else "best_valid_result"
+        return {int(run["seed"]): float(run[key][metric]) for run in self.runs}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value, NaN for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def relative_gain(candidate: float, baseline: float) -> float:
+    """``(candidate - baseline) / baseline``."""
+    return (candidate - baseline) / baseline if baseline else math.nan
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Paired two-sided t-test of ``a`` against ``b`` (same seeds): ``(t, p)``; NaN below 2 pairs."""
+    if len(a) != len(b) or len(a) < 2:
+        return math.nan, math.nan
+    from scipy import stats
+
+    result = stats.ttest_rel(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
+class ComparisonStore:
+    """The folder of one comparison: finished runs, failures and the outputs written from them."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.runs_dir = self.folder / "runs"
+
+    def _path(self, model: str, seed: int) -> Path:
+        return self.runs_dir / f"{model}-seed{seed}.json"
+
+    def finished(self, model: str, seed: int) -> dict | None:
+        path = self._path(model, seed)
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        return None if "error" in record else record
+
+    def save_run(self, model: str, seed: int, result: dict) -> None:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(model, seed).with_suffix(".part")
+        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        tmp.replace(self._path(model, seed))  # a run is either stored whole or not at all
+
+    def save_failure(self, model: str, seed: int, error: str) -> None:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._path(model, seed).write_text(json.dumps({"model": model, "seed": seed, "error": error}) + "\n")
+
+    def summaries(self, models: Sequence[str], seeds: Sequence[int]) -> list[ModelSummary]:
+        """Rows in the order of ``models``, from whatever is stored for ``seeds``."""
+        rows = []
+        for model in models:
+            row = ModelSummary(model)
+            for seed in seeds:
+                path = self._path(model, seed)
+                if not path.is_file():
+                    continue
+                record = json.loads(path.read_text())
+                if "error" in record:
+                    row.failures.append(f"seed {seed}: {record['error']}")
+                else:
+                    row.runs.append(record)
+                    row.seeds.append(seed)
+            rows.append(row)
+        return rows
+
+
+def _cell(mean: float, std: float) -> str:
+    return "" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def results_rows(rows: Sequence[ModelSummary]) -> list[dict[str, Any]]:
+    """Flat records for ``results.csv``: mean and std of every metric on valid and test, plus costs."""
+    records = []
+    for row in rows:
+        record: dict[str, Any] = {"model": row.model, "seeds": " ".join(map(str, row.seeds))}
+        for split in ("valid", "test"):
+            for metric in METRICS:
+                mean, std = row.mean_std(split, metric) if row.runs else (math.nan, math.nan)
+                record[f"{split}_{metric}_mean"], record[f"{split}_{metric}_std"] = mean, std
+        runs = row.runs
+        record["wall_time_s"] = statistics.fmean(r["wall_time_s"] for r in runs) if runs else math.nan
+        epochs = [r["epochs"] for r in runs if r.get("epochs") is not None]
+        record["epochs_or_rounds"] = statistics.fmean(epochs) if epochs else math.nan
+        sent = [r["bytes_up_per_client"] for r in runs if r.get("bytes_up_per_client") is not None]
+        record["bytes_up_per_client_round"] = statistics.fmean(sent) if sent else math.nan
+        totals = [total_bytes_per_client(r) for r in runs] if sent else []
+        record["bytes_per_client_total"] = statistics.fmean(totals) if totals else math.nan
+        record["train_mode"] = runs[0].get("train_mode", "") if runs else ""
+        record["federated"] = runs[0].get("federated", "") if runs else ""
+        record["generation"] = ((runs[0].get("generation") or {}).get("mode") or "") if runs else ""
+        record["failures"] = "; ".join(row.failures)
+        records.append(record)
+    return records
+
+
+def total_bytes_per_client(run: dict) -> float:
+    """Bytes sent up and down over the whole run, divided by the number of clients (federated)."""
+    traffic = run.get("traffic") or []
+    clients = run.get("num_clients") or 0
+    total = sum(t["bytes_up_round"] + t["bytes_down_round"] for t in traffic)
+    return total / clients if clients else math.nan
+
+
+def gains_table(rows: Sequence[ModelSummary], candidate: str, metric: str = KEY_METRIC) -> str:
+    """Relative gain of ``candidate`` over every other row on test ``metric``, with a paired t-test."""
+    by_name = {row.model: row for row in rows}
+    if candidate not in by_name or not by_name[candidate].runs:
+        return ""
+    ours = by_name[candidate].by_seed("test", metric)
+    lines = [
+        f"| {candidate} vs | seeds | {candidate} {metric} | baseline {metric} | relative gain | t | p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row.model == candidate or not row.runs:
+            continue
+        theirs = row.by_seed("test", metric)
+        common = sorted(set(ours) & set(theirs))
+        a, b = [ours[s] for s in common], [theirs[s] for s in common]
+        mean_a, mean_b = mean_std(a)[0], mean_std(b)[0]
+        t, p = paired_t_test(a, b)
+        mark = " *" if not math.isnan(p) and p < SIGNIFICANCE else ""
+        gain = relative_gain(mean_a, mean_b)
+        lines.append(
+            f"| {row.model} | {len(common)} | {mean_a:.4f} | {mean_b:.4f} | {gain:+.1%}{mark} | "
+            f"{'' if math.isnan(t) else f'{t:.2f}'} | {'' if math.isnan(p) else f'{p:.3f}'} |"
+        )
+    return "\n".join(lines) + f"\n\n`*`: paired two-sided t-test over seeds, p < {SIGNIFICANCE}."
+
+
+def markdown_table(rows: Sequence[ModelSummary]) -> str:
+    """``results.md``'s main table: test and valid metrics (mean ± std over seeds) and costs."""
+    header = ["model", "seeds", *[f"test {m}" for m in METRICS], *[f"valid {m}" for m in METRICS]]
+    header += ["epochs / rounds", "wall time (s)", "MB / client", "views"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, record in zip(rows, results_rows(rows), strict=True):
+        if not row.runs:
+            reason = row.failures[0] if row.failures else "not run"
+            lines.append("| " + " | ".join([row.model, "failed", reason.replace("|", "/")]) + " |")
+            continue
+        cells = [row.model, ",".join(map(str, row.seeds))]
+        cells += [_cell(*row.mean_std("test", m)) for m in METRICS]
+        cells += [_cell(*row.mean_std("valid", m)) for m in METRICS]
+        cells.append(f"{record['epochs_or_rounds']:.1f}")
+        cells.append(f"{record['wall_time_s']:.0f}")
+        total = record["bytes_per_client_total"]
+        cells.append("" if math.isnan(total) else f"{total / 1e6:.2f}")
+        cells.append(record["generation"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(rows: Sequence[ModelSummary]) -> str:
+    records = results_rows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]) if records else ["model"])
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
+
+
+def write_outputs(store: ComparisonStore, models: Sequence[str], seeds: Sequence[int], candidate: str = "LUMOS") -> str:
+    """Write ``results.csv``, ``results.md`` and the plots; return the Markdown."""
+    rows = store.summaries(models, seeds)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    (store.folder / "results.csv").write_text(csv_text(rows))
+    text = markdown_table(rows)
+    gains = gains_table(rows, candidate)
+    if gains:
+        text += "\n\n" + gains
+    (store.folder / "results.md").write_text(text + "\n")
+    from recbole_lumos.report.plots import write_plots
+
+    write_plots(store.folder, rows)
+    return text

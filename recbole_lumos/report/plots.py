@@ -1,0 +1,103 @@
+"""The comparison's figures (PNG, matplotlib from the ``plot`` extra).
+
+* ``valid_curve.png``: valid NDCG@20 per epoch (central) and per round (federated),
+  mean over seeds, one line per model;
+* ``accuracy_vs_bytes.png``: test HR@20 against total megabytes sent per client
+  (federated models), with central models as dashed reference lines;
+* ``ablation.png``: test NDCG@20 of LUMOS and its ablations, mean ± std over seeds.
+
+Without matplotlib the figures are skipped with one log line; the tables never are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+ABLATION_ORDER = ("LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-noC", "LUMOS-central")
+
+
+def mean_curve(runs: Sequence[dict], metric: str = "ndcg@20") -> tuple[list[int], list[float]]:
+    """Validation curve averaged over seeds at the epochs/rounds every seed reached."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for point in run.get("valid_curve") or []:
+            if metric in point:
+                by_step[int(point["epoch"])].append(float(point[metric]))
+    steps = sorted(step for step, values in by_step.items() if len(values) == len(runs))
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def write_plots(folder: Path, rows: Sequence) -> list[Path]:
+    """Write the figures for ``rows`` (:class:`~recbole_lumos.report.comparison.ModelSummary`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logging.getLogger().info("matplotlib is not installed (pip install -e '.[plot]'): no plots written")
+        return []
+    from recbole_lumos.report.comparison import mean_std, total_bytes_per_client
+
+    written = []
+    rows = [row for row in rows if row.runs]
+
+    # 1. Valid NDCG@20 over training, central and federated side by side.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, federated, unit in ((axes[0], False, "epoch"), (axes[1], True, "round")):
+        for row in rows:
+            if bool(row.runs[0].get("federated")) != federated:
+                continue
+            steps, values = mean_curve(row.runs)
+            if steps:
+                ax.plot([s + 1 for s in steps], values, marker="o", markersize=2, label=row.model)
+        ax.set_xlabel(unit)
+        ax.set_title("central" if not federated else "federated")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("valid NDCG@20 (mean over seeds)")
+    fig.tight_layout()
+    written.append(folder / "valid_curve.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    # 2. Accuracy against bytes sent per client.
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        hr = mean_std(row.values("test", "hit@20"))
+        if row.runs[0].get("federated"):
+            sent = [total_bytes_per_client(r) / 1e6 for r in row.runs]
+            if not any(math.isnan(s) for s in sent):
+                ax.errorbar(sum(sent) / len(sent), hr[0], yerr=hr[1], fmt="o", capsize=3, label=row.model)
+                continue
+        ax.axhline(hr[0], linestyle="--", linewidth=1, color="grey")
+        ax.annotate(f"{row.model} (central)", (0, hr[0]), xycoords=("axes fraction", "data"), fontsize=7,
+                    va="bottom", color="grey")
+    ax.set_xlabel("MB sent per client over the run (up + down)")
+    ax.set_ylabel("test HR@20")
+    ax.grid(alpha=0.3)
+    if ax.lines or ax.collections:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(folder / "accuracy_vs_bytes.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    # 3. Ablation bars.
+    ablations = [row for name in ABLATION_ORDER for row in rows if row.model == name]
+    if len(ablations) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        stats = [mean_std(row.values("test", "ndcg@20")) for row in ablations]
+        ax.bar([row.model for row in ablations], [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4)
+        ax.set_ylabel("test NDCG@20 (mean ± std over seeds)")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        written.append(folder / "ablation.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

@@ -1,0 +1,77 @@
+"""The comparison: resumable runs, and the table's arithmetic against a hand computation."""
+
+import json
+import math
+
+import pytest
+
+from recbole_lumos.cli import run
+from recbole_lumos.report.comparison import ComparisonStore, gains_table, markdown_table, paired_t_test
+
+TINY = [
+    "--dataset=tiny",
+    "--epochs=1",
+    "--hidden_size=16",
+    "--inner_size=32",
+    "--n_layers=1",
+    "--n_heads=1",
+    "--MAX_ITEM_LIST_LENGTH=10",
+    "--show_progress=False",
+    "--client_batch=8",
+    "--num_negatives=8",
+    "--federated_eval_step=1",
+]
+
+
+def test_an_interrupted_comparison_resumes_without_redoing_finished_runs(tiny_data, tmp_path, capsys):
+    folder = tmp_path / "cmp"
+    argv = ["--model=SASRec,FedSASRec", "--seeds=2", f"--data_path={tiny_data}", f"--results_dir={folder}", *TINY]
+    first = run(argv)
+    assert [(r.model, r.seed) for r in first] == [("SASRec", 2020), ("FedSASRec", 2020), ("SASRec", 2021),
+                                                  ("FedSASRec", 2021)]
+    assert all(r.train_mode == "all_positions" for r in first)  # one train mode for every model
+    (folder / "runs" / "FedSASRec-seed2021.json").unlink()  # as if the run had been killed there
+    stored = (folder / "runs" / "SASRec-seed2020.json").read_text()
+    second = run(argv)
+    assert [(r.model, r.seed) for r in second] == [("FedSASRec", 2021)]
+    assert (folder / "runs" / "SASRec-seed2020.json").read_text() == stored
+    assert json.loads((folder / "runs" / "FedSASRec-seed2021.json").read_text())["test_result"] == first[3].test_result
+    table = (folder / "results.md").read_text()
+    assert "| SASRec | 2020,2021 |" in table and "| FedSASRec | 2020,2021 |" in table
+    assert "test_ndcg@20_mean" in (folder / "results.csv").read_text().splitlines()[0]
+    assert {p.name for p in folder.glob("*.png")} >= {"valid_curve.png", "accuracy_vs_bytes.png"}
+    assert f"results: {folder}" in capsys.readouterr().out
+    assert len(run([*argv, "--rerun"])) == 4
+
+
+def _run(model, seed, ndcg20, hit20=0.2):
+    metrics = {"hit@10": 0.1, "hit@20": hit20, "ndcg@10": 0.05, "ndcg@20": ndcg20}
+    return {"model": model, "seed": seed, "test_result": metrics, "best_valid_result": metrics, "wall_time_s": 10.0,
+            "epochs": 3, "train_mode": "all_positions", "federated": False}
+
+
+def test_table_arithmetic_matches_a_hand_computation(tmp_path):
+    store = ComparisonStore(tmp_path)
+    lumos, base = [0.12, 0.15, 0.13], [0.10, 0.11, 0.12]
+    for seed, (a, b) in enumerate(zip(lumos, base, strict=True), start=1):
+        store.save_run("LUMOS", seed, _run("LUMOS", seed, a))
+        store.save_run("SASRec", seed, _run("SASRec", seed, b))
+    rows = store.summaries(["SASRec", "LUMOS"], [1, 2, 3])
+    # mean 0.1333..., sample std sqrt(((-.0133)^2 + .0167^2 + (-.0033)^2) / 2) = 0.015275
+    assert "| LUMOS | 1,2,3 | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.1333 ± 0.0153 |" in (
+        markdown_table(rows)
+    )
+    differences = [a - b for a, b in zip(lumos, base, strict=True)]  # .02, .04, .01
+    mean_d = sum(differences) / 3
+    sd_d = math.sqrt(sum((d - mean_d) ** 2 for d in differences) / 2)
+    t_by_hand = mean_d / (sd_d / math.sqrt(3))  # 2.6458, two-sided p = 0.118 with 2 degrees of freedom
+    t, p = paired_t_test(lumos, base)
+    assert t == pytest.approx(t_by_hand) and p == pytest.approx(0.118, abs=0.001)
+    gains = gains_table(rows, "LUMOS")
+    gain_by_hand = (sum(lumos) / 3 - sum(base) / 3) / (sum(base) / 3)  # +21.2%
+    assert f"| SASRec | 3 | 0.1333 | 0.1100 | {gain_by_hand:+.1%} | {t_by_hand:.2f} | {p:.3f} |" in gains
+    assert "* |" not in gains
+    store.save_run("LUMOS", 4, _run("LUMOS", 4, 0.13))
+    store.save_run("SASRec", 4, _run("SASRec", 4, 0.10))
+    four = gains_table(store.summaries(["SASRec", "LUMOS"], [1, 2, 3, 4]), "LUMOS")
+    assert "* |" in four  # differences .02 .04 .01 .03: t = 3.87, p = 0.030, significant and marked
