@@ -60,6 +60,9 @@ def write_plots(folder: Path, rows: Sequence) -> list[Path]:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {ax.get_title()} run with a validation curve", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
     axes[0].set_ylabel("valid NDCG@20 (mean over seeds)")
     fig.tight_layout()
     written.append(folder / "valid_curve.png")
