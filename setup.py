@@ -39,7 +39,7 @@ setup(
     extras_require={
         "plot": ["matplotlib>=3.8"],
         "flower": ["flwr>=1.20,<1.43"],
-        "dev": ["pytest>=8", "ruff>=0.6"],
+        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],  # the tests draw the comparison plots
     },
     entry_points={"console_scripts": ["recbole-lumos=recbole_lumos.cli:main"]},
 )

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SHARED_DATA
 
 from recbole_lumos.errors import AtomicFileError
 from recbole_lumos.generation.item_text import read_item_texts, split_categories
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason="shared datasets not available")
-def test_movielens_titles_carry_year_and_genres():
-    texts = read_item_texts(SHARED_DATA / "ml-100k" / "ml-100k.item", ["1", "2"])
+def test_movielens_titles_carry_year_and_genres(tmp_path):
+    path = tmp_path / "ml-100k.item"  # the layout of ml-100k's .item file (RecBole's class:token_seq genres)
+    path.write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "1\tToy Story\t1995\tAnimation Children's Comedy\n"
+        "2\tGoldenEye\t1995\tAction Adventure Thriller\n"
+    )
+    texts = read_item_texts(path, ["1", "2"])
     assert texts.titles[0] == "Toy Story (1995)"
     assert texts.genres[0] == "Animation, Children's, Comedy"
     assert texts.texts[0] == "Toy Story (1995) (Animation, Children's, Comedy)"
