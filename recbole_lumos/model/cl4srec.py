@@ -14,7 +14,7 @@ from torch import nn
 
 from recbole_lumos.model.augment import random_augment
 from recbole_lumos.model.losses import nt_xent
-from recbole_lumos.model.next_item import all_position_hidden, candidate_weights, next_item_loss
+from recbole_lumos.model.next_item import next_item_term
 
 
 class CL4SRec(SASRec):
@@ -92,10 +92,7 @@ class CL4SRec(SASRec):
         hard negatives for exactly this reason). All-zero rows (the padding that
         ``vmap`` cohorts add) take no part.
         """
-        hidden = all_position_hidden(self, inputs)
-        rec = next_item_loss(
-            hidden, targets, candidate_weights(self), kind, negatives, catalogue_size=self.n_items - 1
-        )
+        rec = next_item_term(self, inputs, targets, negatives, kind)
         if self.lambda_cl == 0:
             return rec
         lengths = (inputs > 0).sum(1)

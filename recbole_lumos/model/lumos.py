@@ -18,7 +18,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.model.losses import similarity
-from recbole_lumos.model.next_item import all_position_hidden, candidate_weights, next_item_loss
+from recbole_lumos.model.next_item import next_item_term
 
 VIEW_ROWS = {"F": 1, "R": 2, "C": 3}
 """Row of each view in a user's ``[4, L]`` block (row 0 is the anchor sequence)."""
@@ -125,10 +125,7 @@ class LUMOS(SASRec):
         views: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-item loss at every position plus ``lambda_cl * L_tri`` over ``views``."""
-        hidden = all_position_hidden(self, inputs)
-        rec = next_item_loss(
-            hidden, targets, candidate_weights(self), kind, negatives, catalogue_size=self.n_items - 1
-        )
+        rec = next_item_term(self, inputs, targets, negatives, kind)
         if not self.needs_views:
             return rec
         if views is None:

@@ -119,6 +119,20 @@ class AllPositionsObjective(nn.Module):
         return all_positions_loss(self.model, inputs, targets, negatives, self.kind, views)
 
 
+def next_item_term(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    kind: str = "ce",
+) -> torch.Tensor:
+    """The plain next-item loss at every position: SASRec's whole loss, CL4SRec's and LUMOS's first term."""
+    hidden = all_position_hidden(model, inputs)
+    return next_item_loss(
+        hidden, targets, candidate_weights(model), kind, negatives, catalogue_size=model.n_items - 1
+    )
+
+
 def all_positions_loss(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -136,7 +150,4 @@ def all_positions_loss(
         return model.all_positions_loss(inputs, targets, negatives, kind, views=views)
     if hasattr(model, "all_positions_loss"):
         return model.all_positions_loss(inputs, targets, negatives, kind)
-    hidden = all_position_hidden(model, inputs)
-    return next_item_loss(
-        hidden, targets, candidate_weights(model), kind, negatives, catalogue_size=model.n_items - 1
-    )
+    return next_item_term(model, inputs, targets, negatives, kind)
