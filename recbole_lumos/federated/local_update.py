@@ -220,6 +220,13 @@ class LocalTrainer:
         if self.settings.local_epochs != 1 or not packed.supports(self.model):
             return self.train_cohort(global_params, cohort, negatives)
         num_clients = len(cohort)
+        view_losses = None
+        if getattr(self.model, "needs_views", False):
+            if cohort.views is None:
+                raise ConfigurationError(
+                    f"{type(self.model).__name__} with lambda_cl > 0 needs each client's views; none reached the cohort."
+                )
+            view_losses = self.model.client_view_losses
         grads = packed.cohort_gradients(
             self.model,
             global_params,
@@ -230,6 +237,8 @@ class LocalTrainer:
             self.settings.loss,
             negatives[0],
             SPARSE_TABLES if self.settings.uploads_sparse else (),
+            views=cohort.views if view_losses is not None else None,
+            view_losses=view_losses,
         )
 
         def step(g: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ it can be cheap on a CPU:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -92,10 +92,12 @@ def _layer_names(index: int) -> dict[str, str]:
 
 def supports(model: nn.Module) -> bool:
     """Whether :func:`cohort_gradients` can train ``model``: RecBole's SASRec layout exactly
-    (SASRec, our CL4SRec and LUMOS), training on the plain next-item loss only (a model
-    with extra terms says so by defining ``all_positions_loss`` without
-    ``plain_next_item_loss`` being true)."""
-    if hasattr(model, "all_positions_loss") and not getattr(model, "plain_next_item_loss", False):
+    (SASRec, our CL4SRec and LUMOS), training on the plain next-item loss, or on it plus a
+    per-client loss over the final states of the client's view block (LUMOS defines
+    ``client_view_losses``). A model with other extra terms says so by defining
+    ``all_positions_loss`` without ``plain_next_item_loss`` being true."""
+    plain = getattr(model, "plain_next_item_loss", False) or hasattr(model, "client_view_losses")
+    if hasattr(model, "all_positions_loss") and not plain:
         return False
     if getattr(type(model), "get_attention_mask", None) is not SequentialRecommender.get_attention_mask:
         return False
@@ -406,20 +408,52 @@ def _chunk_gradients(model, params, fused, inputs, targets, owner, kind, negativ
         grads = list(torch.autograd.grad(total, wrt, allow_unused=True))
 
     with torch.no_grad():  # the per-client sums read activations that are part of the graph
-        grad_embedded = grads.pop(0).view(windows * length, -1)
-        acc[POSITIONS][:, :length].index_add_(0, owner, grad_embedded.view(windows, length, -1))
-        padding = model.item_embedding.padding_idx
-        if padding is not None and bool((ids == padding).any()):  # nn.Embedding never updates padding
-            grad_embedded = grad_embedded * (ids != padding).unsqueeze(-1)
-        acc.rows(TABLE, token_owner, ids, grad_embedded)
-        for record in records:
-            grad = grads.pop(0)
-            if grad is not None:
-                record.accumulate(grad, acc)
+        _add_layer_gradients(model, grads, records, inputs, owner, token_owner, acc)
         for leaf_ids, _ in leaves:
             acc.rows(TABLE, plan.kept_owner, leaf_ids, grads.pop(0))
         if logits is not None:
             (plan.gathered or _Segments(plan.kept_owner)).outer(grads[0], hidden, shared)
+
+
+def _add_layer_gradients(model, grads, records, inputs, owner, token_owner, acc):
+    """Per-client sums of the input-embedding gradient (``grads[0]``, popped) and of every
+    recorded layer's weight gradient (popped in order)."""
+    windows, length = inputs.shape
+    ids = inputs.reshape(-1)
+    grad_embedded = grads.pop(0).view(windows * length, -1)
+    acc[POSITIONS][:, :length].index_add_(0, owner, grad_embedded.view(windows, length, -1))
+    padding = model.item_embedding.padding_idx
+    if padding is not None and bool((ids == padding).any()):  # nn.Embedding never updates padding
+        grad_embedded = grad_embedded * (ids != padding).unsqueeze(-1)
+    acc.rows(TABLE, token_owner, ids, grad_embedded)
+    for record in records:
+        grad = grads.pop(0)
+        if grad is not None:
+            record.accumulate(grad, acc)
+
+
+def _view_chunk_gradients(model, params, fused, views, owner, view_losses, acc):
+    """Add one chunk of clients' view-block gradients to ``acc``.
+
+    ``views`` is ``[k, R, L]`` (one block per client, rows right padded), ``owner[i]`` the
+    client of block ``i``. Every row is encoded like ``SASRec.forward`` (the state at its
+    last item) and ``view_losses([k, R, d] states, views)`` gives each client's own loss.
+    """
+    clients, rows, length = views.shape
+    inputs = views.reshape(clients * rows, length)
+    window_owner = owner.repeat_interleave(rows)
+    token_owner = window_owner.repeat_interleave(length)
+    last = ((inputs > 0).sum(1) - 1).clamp(min=0)  # SASRec.forward reads position len - 1 (0 if empty)
+    marks = torch.zeros_like(inputs)
+    marks[torch.arange(inputs.size(0), device=inputs.device), last] = 1
+    plan = _plan(marks, window_owner)  # one kept position per row, in row order
+    records: list = []
+    with torch.enable_grad():
+        hidden, embedded = _hidden(model, params, fused, inputs, _Segments(token_owner, window_owner), plan, records)
+        total = view_losses(hidden.view(clients, rows, -1), views).sum()
+        grads = list(torch.autograd.grad(total, [embedded, *(r.out for r in records)], allow_unused=True))
+    with torch.no_grad():
+        _add_layer_gradients(model, grads, records, inputs, window_owner, token_owner, acc)
 
 
 def cohort_gradients(
@@ -433,8 +467,14 @@ def cohort_gradients(
     negatives: torch.Tensor | None,
     sparse_tables: tuple[str, ...] = (),
     chunk_windows: int | None = None,
+    views: torch.Tensor | None = None,
+    view_losses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> CohortGradients:
     """Every client's gradient of its mean all-position loss at ``params``.
+
+    With ``views`` (``[num_clients, R, L]``, client ``c``'s block in row ``c``) and
+    ``view_losses`` (``[C, R, d]`` final states and the blocks -> ``[C]`` losses, already
+    weighted), each client's loss also has its own view term, as LUMOS's clients do.
 
     ``inputs``/``targets`` are the cohort's packed ``[W, L]`` windows, ``owner[w]`` the
     client of window ``w``; ``negatives`` are shared ``[K]`` ids (``sampled_ce``) or one
@@ -484,6 +524,14 @@ def cohort_gradients(
                 model, params, fused, inputs[window], targets[window], owner[window], kind, chunk_negatives,
                 positions, acc, shared,
             )  # fmt: skip
+    if views is not None:
+        if view_losses is None:
+            raise ValueError("views need view_losses")
+        per_chunk = max(1, chunk_windows // views.size(1))
+        clients = torch.arange(num_clients, device=owner.device)
+        for start in range(0, num_clients, per_chunk):
+            part = slice(start, min(start + per_chunk, num_clients))
+            _view_chunk_gradients(model, params, fused, views[part], clients[part], view_losses, acc)
     if kind == "sampled_ce":  # every client touches all the shared negatives
         clients = torch.arange(num_clients, device=owner.device).unsqueeze(1).expand(-1, negatives.numel())
         acc.rows(TABLE, clients, negatives.unsqueeze(0).expand_as(clients), shared)

@@ -110,11 +110,24 @@ class LUMOS(SASRec):
 
     def contrastive_loss(self, views: torch.Tensor) -> torch.Tensor:
         """``L_tri`` for a batch of users' view blocks."""
-        z = self.encode_views(views)
-        valid = (views[:, 0] > 0).any(1)
+        return self._tri_view(self.encode_views(views), (views[:, 0] > 0).any(1))
+
+    def _tri_view(self, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``L_tri`` from encoded blocks ``z`` (``[U, 4, d]``); ``valid`` marks users with a history."""
         positives = [z[:, VIEW_ROWS[v]] for v in ("F", "R") if v in self.lumos_views]
         counterfactual = z[:, VIEW_ROWS["C"]] if "C" in self.lumos_views else None
         return tri_view_loss(z[:, 0], positives, counterfactual, self.tau, self.sim, self.w_c, valid)
+
+    def client_view_losses(self, z: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """``lambda_cl * L_tri`` of each client alone (``[C]``), from its encoded block ``z[c]``.
+
+        A federated client's batch is its own block, so its only negative is its own
+        counterfactual. This is what the packed cohort path
+        (:func:`recbole_lumos.federated.packed.cohort_gradients`) adds to each client's loss.
+        """
+        valid = (views[:, 0] > 0).any(1)
+        alone = torch.vmap(lambda zc, vc: self._tri_view(zc.unsqueeze(0), vc.unsqueeze(0)))
+        return self.lambda_cl * alone(z, valid)
 
     def all_positions_loss(
         self,

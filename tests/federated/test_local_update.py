@@ -148,12 +148,14 @@ def test_windows_train_every_position_once_with_enough_context(stride):
     assert sorted(trained) == list(range(2, 38))  # each position exactly once
 
 
-@pytest.mark.parametrize("loss", ["ce", "sampled_ce"])
-def test_lumos_cohort_with_views_equals_one_by_one(tiny_data, loss):
+def _lumos_with_views(tiny_data, **extra):
+    """A tiny LUMOS and a partition whose clients carry hand-made view blocks."""
     from recbole_lumos.data.view_blocks import view_blocks
     from recbole_lumos.model.lumos import LUMOS
 
-    config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), **SMALL, "lambda_cl": 0.5})
+    config = build_config(
+        "LUMOS", "tiny", overrides={"data_path": str(tiny_data), **SMALL, "lambda_cl": 0.5, **extra}
+    )
     train_data, _, _ = data_preparation(config, create_dataset(config))
     dataset = train_data._dataset
     torch.manual_seed(0)
@@ -168,7 +170,12 @@ def test_lumos_cohort_with_views_equals_one_by_one(tiny_data, loss):
         for user, h in histories.items()
     }
     blocks = view_blocks(histories, views, dataset, config["MAX_ITEM_LIST_LENGTH"])
-    partition = ClientPartition(histories, config["MAX_ITEM_LIST_LENGTH"], views=blocks)
+    return model, config, ClientPartition(histories, config["MAX_ITEM_LIST_LENGTH"], views=blocks)
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_ce"])
+def test_lumos_cohort_with_views_equals_one_by_one(tiny_data, loss):
+    model, config, partition = _lumos_with_views(tiny_data)
     settings = LocalSettings(local_epochs=2, optimizer="sgd", lr=0.05, loss=loss, num_negatives=16)
     trainer = LocalTrainer(model, settings)
     start = trainer.global_params()
@@ -185,3 +192,35 @@ def test_lumos_cohort_with_views_equals_one_by_one(tiny_data, loss):
             assert torch.equal(together[c].sparse[name][0], rows)
             assert set(cohort.views[c].flatten().tolist()) - {0} <= set(rows.tolist())  # view rows are trained
             torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("loss, sim, views", [("ce", "cos", ["F", "R", "C"]), ("sampled_ce", "dot", ["R", "C"]),
+                                               ("sampled_ce", "cos", ["F", "C"])])
+def test_lumos_packed_step_equals_one_by_one(tiny_data, monkeypatch, optimizer, loss, sim, views):
+    """The packed path adds each client's own tri-view term: same update as training it alone."""
+    from recbole_lumos.federated import packed
+
+    monkeypatch.setattr(packed, "CHUNK_WINDOWS", 7)  # view blocks split over several chunks
+    model, config, partition = _lumos_with_views(tiny_data, sim=sim, lumos_views=views)
+    assert packed.supports(model)
+    settings = LocalSettings(local_epochs=1, optimizer=optimizer, lr=0.05, loss=loss, num_negatives=16)
+    trainer = LocalTrainer(model, settings)
+    start = trainer.global_params()
+    cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(5)])
+    negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1))]
+    together = trainer.train_packed(start, cohort, negatives)
+    atol = 1e-2 * settings.lr if optimizer == "adam" else 1e-6  # see test_packed.py on Adam's tolerance
+    for c in range(len(cohort)):
+        own = cohort.owner == c
+        alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], negatives, cohort.views[c : c + 1])
+        for name, delta in alone.dense.items():
+            torch.testing.assert_close(together[c].dense[name], delta, rtol=1e-4, atol=atol, msg=name)
+        for name, (rows, values) in alone.sparse.items():
+            assert torch.equal(together[c].sparse[name][0], rows), name
+            assert set(cohort.views[c].flatten().tolist()) - {0} <= set(rows.tolist())  # view rows are trained
+            torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=atol, msg=name)
+    args = (model, start, cohort.inputs, cohort.targets, cohort.owner, len(cohort), loss, negatives[0])
+    with_views = packed.cohort_gradients(*args, views=cohort.views, view_losses=model.client_view_losses)
+    without = packed.cohort_gradients(*args)
+    assert not torch.allclose(with_views.dense["LayerNorm.weight"], without.dense["LayerNorm.weight"])
