@@ -224,7 +224,8 @@ class LocalTrainer:
         if getattr(self.model, "needs_views", False):
             if cohort.views is None:
                 raise ConfigurationError(
-                    f"{type(self.model).__name__} with lambda_cl > 0 needs each client's views; none reached the cohort."
+                    f"{type(self.model).__name__} with lambda_cl > 0 needs each client's views; "
+                    "none reached the cohort."
                 )
             view_losses = self.model.client_view_losses
         grads = packed.cohort_gradients(
