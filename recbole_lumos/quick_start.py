@@ -143,6 +143,7 @@ _REPORTED_KEYS = (
     "ldp_clip",
     "ldp_noise_multiplier",
     "user_batch_size",
+    "user_batch_order",
     "window_stride",
     "lambda_cl",
     "tau",

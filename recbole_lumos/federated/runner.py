@@ -114,7 +114,10 @@ def client_loader(config: Any, partition: ClientPartition, federated: bool) -> D
     else:
         per_round = len(partition)
         batch = int(config["user_batch_size"] or 64)
-        windows = [client.history.numel() for client in partition.clients]
+        order = config["user_batch_order"] or "by_length"
+        if order not in ("by_length", "random"):
+            raise ConfigurationError(f"user_batch_order must be 'by_length' or 'random', got {order!r}.")
+        windows = [client.history.numel() for client in partition.clients] if order == "by_length" else None
     sampler = RoundSampler(
         len(partition), clients_per_round=per_round, client_batch=batch, seed=int(config["seed"]), lengths=windows
     )

@@ -46,9 +46,13 @@ def write_plots(folder: Path, rows: Sequence) -> list[Path]:
     written = []
     rows = [row for row in rows if row.runs]
 
-    # 1. Valid NDCG@20 over training, central and federated side by side.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, federated, unit in ((axes[0], False, "epoch"), (axes[1], True, "round")):
+    # 1. Valid NDCG@20 over training: a panel for central runs (per epoch) and one for
+    # federated runs (per round), each drawn only when some model has such runs.
+    kinds = [(federated, unit) for federated, unit in ((False, "epoch"), (True, "round"))
+             if any(bool(row.runs[0].get("federated")) == federated for row in rows)] or [(False, "epoch")]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds) + 0.5, 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, (federated, unit) in zip(axes, kinds, strict=True):
         for row in rows:
             if bool(row.runs[0].get("federated")) != federated:
                 continue
