@@ -137,3 +137,46 @@ def test_every_aggregator_runs_a_round(tiny_data, aggregator):
         },
     )
     assert result.test_result["hit@20"] >= 0
+
+
+@pytest.mark.parametrize("order", ["random", "by_length"])
+def test_central_user_batches(tiny_data, order):
+    """Central all-position batches: every user once per epoch; random batches change from epoch
+    to epoch (by_length keeps users of similar length together, which trained worse)."""
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_lumos.config import build_config
+    from recbole_lumos.data.partition import ClientPartition, training_histories
+    from recbole_lumos.federated.runner import client_loader
+
+    overrides = {**TINY, "data_path": str(tiny_data), "user_batch_size": 3, "user_batch_order": order}
+    config = build_config("SASRec", "tiny", overrides=overrides)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    partition = ClientPartition(training_histories(train_data._dataset), config["MAX_ITEM_LIST_LENGTH"])
+    loader = client_loader(config, partition, federated=False)
+    lengths = [client.history.numel() for client in partition.clients]
+    epochs = []
+    for epoch in range(2):
+        loader.batch_sampler.set_epoch(epoch)
+        batches = [sorted(batch) for batch in loader.batch_sampler]
+        assert sorted(u for batch in batches for u in batch) == list(range(len(partition)))
+        epochs.append(batches)
+    by_size = sorted(lengths)
+    buckets = sorted(tuple(by_size[i : i + 3]) for i in range(0, len(by_size), 3))
+
+    def batch_lengths(batches):
+        return sorted(tuple(sorted(lengths[u] for u in batch)) for batch in batches)
+
+    if order == "by_length":  # ties between equal lengths are broken at random
+        assert batch_lengths(epochs[0]) == batch_lengths(epochs[1]) == buckets
+    else:
+        assert {tuple(b) for b in epochs[0]} != {tuple(b) for b in epochs[1]}
+        assert batch_lengths(epochs[0]) != buckets
+
+
+def test_unknown_user_batch_order_is_refused(tiny_data):
+    from recbole_lumos.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="user_batch_order"):
+        run_model("SASRec", "tiny", overrides={**TINY, "data_path": str(tiny_data), "train_mode": "all_positions",
+                                               "user_batch_order": "sorted", "epochs": 1})
