@@ -14,7 +14,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 DEFAULT_METRICS = ("hit@10", "hit@20", "ndcg@10", "ndcg@20")
-VARIANT_KEYS = ("sim", "tau", "lambda_cl", "window_stride", "user_batch_size", "lumos_views", "lumos_generation")
+VARIANT_KEYS = (
+    "sim",
+    "tau",
+    "lambda_cl",
+    "window_stride",
+    "user_batch_size",
+    "user_batch_order",
+    "lumos_views",
+    "lumos_generation",
+)
 """Config keys that split a model's runs into separate rows when they differ between runs."""
 
 
