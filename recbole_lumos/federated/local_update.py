@@ -220,14 +220,9 @@ class LocalTrainer:
         if self.settings.local_epochs != 1 or not packed.supports(self.model):
             return self.train_cohort(global_params, cohort, negatives)
         num_clients = len(cohort)
-        view_losses = None
-        if getattr(self.model, "needs_views", False):
-            if cohort.views is None:
-                raise ConfigurationError(
-                    f"{type(self.model).__name__} with lambda_cl > 0 needs each client's views; "
-                    "none reached the cohort."
-                )
-            view_losses = self.model.client_view_losses
+        blocks = None
+        if hasattr(self.model, "client_blocks") and not getattr(self.model, "plain_next_item_loss", False):
+            blocks = self.model.client_blocks(cohort.inputs, cohort.owner, num_clients, cohort.views)
         grads = packed.cohort_gradients(
             self.model,
             global_params,
@@ -238,8 +233,8 @@ class LocalTrainer:
             self.settings.loss,
             negatives[0],
             SPARSE_TABLES if self.settings.uploads_sparse else (),
-            views=cohort.views if view_losses is not None else None,
-            view_losses=view_losses,
+            blocks=blocks,
+            block_losses=None if blocks is None else self.model.client_block_losses,
         )
 
         def step(g: torch.Tensor) -> torch.Tensor:

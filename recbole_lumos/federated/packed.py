@@ -93,10 +93,11 @@ def _layer_names(index: int) -> dict[str, str]:
 def supports(model: nn.Module) -> bool:
     """Whether :func:`cohort_gradients` can train ``model``: RecBole's SASRec layout exactly
     (SASRec, our CL4SRec and LUMOS), training on the plain next-item loss, or on it plus a
-    per-client loss over the final states of the client's view block (LUMOS defines
-    ``client_view_losses``). A model with other extra terms says so by defining
+    per-client loss over the final states of a block of the client's own sequences (the
+    model defines ``client_blocks`` and ``client_block_losses``: LUMOS's views, CL4SRec's
+    augmented windows). A model with other extra terms says so by defining
     ``all_positions_loss`` without ``plain_next_item_loss`` being true."""
-    plain = getattr(model, "plain_next_item_loss", False) or hasattr(model, "client_view_losses")
+    plain = getattr(model, "plain_next_item_loss", False) or hasattr(model, "client_block_losses")
     if hasattr(model, "all_positions_loss") and not plain:
         return False
     if getattr(type(model), "get_attention_mask", None) is not SequentialRecommender.get_attention_mask:
@@ -432,15 +433,15 @@ def _add_layer_gradients(model, grads, records, inputs, owner, token_owner, acc)
             record.accumulate(grad, acc)
 
 
-def _view_chunk_gradients(model, params, fused, views, owner, view_losses, acc):
-    """Add one chunk of clients' view-block gradients to ``acc``.
+def _block_chunk_gradients(model, params, fused, blocks, owner, block_losses, acc):
+    """Add one chunk of clients' sequence-block gradients to ``acc``.
 
-    ``views`` is ``[k, R, L]`` (one block per client, rows right padded), ``owner[i]`` the
+    ``blocks`` is ``[k, R, L]`` (one block per client, rows right padded), ``owner[i]`` the
     client of block ``i``. Every row is encoded like ``SASRec.forward`` (the state at its
-    last item) and ``view_losses([k, R, d] states, views)`` gives each client's own loss.
+    last item) and ``block_losses([k, R, d] states, blocks)`` gives each client's own loss.
     """
-    clients, rows, length = views.shape
-    inputs = views.reshape(clients * rows, length)
+    clients, rows, length = blocks.shape
+    inputs = blocks.reshape(clients * rows, length)
     window_owner = owner.repeat_interleave(rows)
     token_owner = window_owner.repeat_interleave(length)
     last = ((inputs > 0).sum(1) - 1).clamp(min=0)  # SASRec.forward reads position len - 1 (0 if empty)
@@ -450,7 +451,7 @@ def _view_chunk_gradients(model, params, fused, views, owner, view_losses, acc):
     records: list = []
     with torch.enable_grad():
         hidden, embedded = _hidden(model, params, fused, inputs, _Segments(token_owner, window_owner), plan, records)
-        total = view_losses(hidden.view(clients, rows, -1), views).sum()
+        total = block_losses(hidden.view(clients, rows, -1), blocks).sum()
         grads = list(torch.autograd.grad(total, [embedded, *(r.out for r in records)], allow_unused=True))
     with torch.no_grad():
         _add_layer_gradients(model, grads, records, inputs, window_owner, token_owner, acc)
@@ -467,14 +468,15 @@ def cohort_gradients(
     negatives: torch.Tensor | None,
     sparse_tables: tuple[str, ...] = (),
     chunk_windows: int | None = None,
-    views: torch.Tensor | None = None,
-    view_losses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    blocks: tuple[torch.Tensor, torch.Tensor] | None = None,
+    block_losses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> CohortGradients:
     """Every client's gradient of its mean all-position loss at ``params``.
 
-    With ``views`` (``[num_clients, R, L]``, client ``c``'s block in row ``c``) and
-    ``view_losses`` (``[C, R, d]`` final states and the blocks -> ``[C]`` losses, already
-    weighted), each client's loss also has its own view term, as LUMOS's clients do.
+    With ``blocks = (sequences [K, R, L], owner [K])`` and ``block_losses`` (``[K, R, d]``
+    final states and the sequences -> ``[K]`` losses, already weighted), client
+    ``owner[k]``'s loss also has a term over its own block ``k``: LUMOS's views, CL4SRec's
+    augmented windows.
 
     ``inputs``/``targets`` are the cohort's packed ``[W, L]`` windows, ``owner[w]`` the
     client of window ``w``; ``negatives`` are shared ``[K]`` ids (``sampled_ce``) or one
@@ -524,14 +526,14 @@ def cohort_gradients(
                 model, params, fused, inputs[window], targets[window], owner[window], kind, chunk_negatives,
                 positions, acc, shared,
             )  # fmt: skip
-    if views is not None:
-        if view_losses is None:
-            raise ValueError("views need view_losses")
-        per_chunk = max(1, chunk_windows // views.size(1))
-        clients = torch.arange(num_clients, device=owner.device)
-        for start in range(0, num_clients, per_chunk):
-            part = slice(start, min(start + per_chunk, num_clients))
-            _view_chunk_gradients(model, params, fused, views[part], clients[part], view_losses, acc)
+    if blocks is not None:
+        if block_losses is None:
+            raise ValueError("blocks need block_losses")
+        sequences, block_owner = blocks
+        per_chunk = max(1, chunk_windows // max(1, sequences.size(1)))
+        for start in range(0, sequences.size(0), per_chunk):
+            part = slice(start, min(start + per_chunk, sequences.size(0)))
+            _block_chunk_gradients(model, params, fused, sequences[part], block_owner[part], block_losses, acc)
     if kind == "sampled_ce":  # every client touches all the shared negatives
         clients = torch.arange(num_clients, device=owner.device).unsqueeze(1).expand(-1, negatives.numel())
         acc.rows(TABLE, clients, negatives.unsqueeze(0).expand_as(clients), shared)

@@ -71,6 +71,36 @@ class CL4SRec(SASRec):
         z1, z2 = self.forward(seq1, len1), self.forward(seq2, len2)
         return rec_loss, self.lambda_cl * nt_xent(z1, z2, self.tau, self.sim)
 
+    def client_blocks(
+        self, inputs: torch.Tensor, owner: torch.Tensor, num_clients: int, views: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed cohort path's per-client sequences: two augmentations of each window.
+
+        Block ``k`` is ``[2W, L]``: the first augmentation of each of its client's windows,
+        then the second, padded with empty rows to the cohort's largest ``W``. A client
+        with a single window has no negative in its own NT-Xent, whose gradient is then
+        exactly zero, so it gets no block.
+        """
+        counts = torch.bincount(owner, minlength=num_clients)
+        clients = (counts >= 2).nonzero().flatten()
+        width = int(counts.max()) if clients.numel() else 0
+        blocks = inputs.new_zeros(clients.numel(), 2 * width, inputs.size(1))
+        for k, client in enumerate(clients.tolist()):
+            windows = inputs[owner == client]
+            lengths = (windows > 0).sum(1).clamp(min=1)
+            seq1, _, seq2, _ = self.augmented_views(windows, lengths)
+            blocks[k, : windows.size(0)] = seq1
+            blocks[k, width : width + windows.size(0)] = seq2
+        return blocks, clients
+
+    def client_block_losses(self, z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """``lambda_cl *`` NT-Xent of each client over its own windows (``[K]``), as
+        :meth:`all_positions_loss` computes it on a federated client."""
+        width = blocks.size(1) // 2
+        valid = (blocks[:, :width] > 0).any(-1)
+        alone = torch.vmap(lambda zc, vc: nt_xent(zc[:width], zc[width:], self.tau, self.sim, valid=vc))
+        return self.lambda_cl * alone(z, valid)
+
     @property
     def plain_next_item_loss(self) -> bool:
         """With ``lambda_cl = 0`` CL4SRec is SASRec: the packed cohort path may train it."""

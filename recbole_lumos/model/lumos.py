@@ -118,7 +118,15 @@ class LUMOS(SASRec):
         counterfactual = z[:, VIEW_ROWS["C"]] if "C" in self.lumos_views else None
         return tri_view_loss(z[:, 0], positives, counterfactual, self.tau, self.sim, self.w_c, valid)
 
-    def client_view_losses(self, z: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    def client_blocks(
+        self, inputs: torch.Tensor, owner: torch.Tensor, num_clients: int, views: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The packed cohort path's per-client sequences: each client's ``[4, L]`` view block."""
+        if views is None:
+            raise ConfigurationError("LUMOS with lambda_cl > 0 needs each client's views; none reached the cohort.")
+        return views, torch.arange(num_clients, device=views.device)
+
+    def client_block_losses(self, z: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         """``lambda_cl * L_tri`` of each client alone (``[C]``), from its encoded block ``z[c]``.
 
         A federated client's batch is its own block, so its only negative is its own

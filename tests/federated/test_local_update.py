@@ -221,6 +221,57 @@ def test_lumos_packed_step_equals_one_by_one(tiny_data, monkeypatch, optimizer, 
             assert set(cohort.views[c].flatten().tolist()) - {0} <= set(rows.tolist())  # view rows are trained
             torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=atol, msg=name)
     args = (model, start, cohort.inputs, cohort.targets, cohort.owner, len(cohort), loss, negatives[0])
-    with_views = packed.cohort_gradients(*args, views=cohort.views, view_losses=model.client_view_losses)
+    blocks = (cohort.views, torch.arange(len(cohort)))
+    with_views = packed.cohort_gradients(*args, blocks=blocks, block_losses=model.client_block_losses)
     without = packed.cohort_gradients(*args)
     assert not torch.allclose(with_views.dense["LayerNorm.weight"], without.dense["LayerNorm.weight"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("loss, sim", [("ce", "cos"), ("sampled_ce", "dot")])
+def test_cl4srec_packed_step_equals_one_by_one(tiny_data, monkeypatch, optimizer, loss, sim):
+    """FedCL4SRec's packed step: each client's NT-Xent over its own augmented windows."""
+    from recbole_lumos.federated import packed
+    from recbole_lumos.model.cl4srec import CL4SRec
+
+    def fixed_views(self, item_seq, item_seq_len):  # the same "augmentations" on both paths
+        shifted = torch.where(item_seq > 0, (item_seq % (self.n_items - 1)) + 1, item_seq)
+        return item_seq, item_seq_len, shifted, item_seq_len
+
+    monkeypatch.setattr(CL4SRec, "augmented_views", fixed_views)
+    monkeypatch.setattr(packed, "CHUNK_WINDOWS", 9)
+    config = build_config(
+        "CL4SRec",
+        "tiny",
+        overrides={"data_path": str(tiny_data), **SMALL, "MAX_ITEM_LIST_LENGTH": 5, "lambda_cl": 0.5, "sim": sim},
+    )
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = CL4SRec(config, train_data._dataset)
+    assert packed.supports(model)
+    partition = ClientPartition(training_histories(train_data._dataset), config["MAX_ITEM_LIST_LENGTH"])
+    settings = LocalSettings(local_epochs=1, optimizer=optimizer, lr=0.05, loss=loss, num_negatives=16)
+    trainer = LocalTrainer(model, settings)
+    start = trainer.global_params()
+    sizes = [client.inputs.size(0) for client in partition.clients]
+    chosen = [i for i, n in enumerate(sizes) if n == 1][:2] + [i for i, n in enumerate(sizes) if n >= 2][:4]
+    cohort = collate_cohort([IndexedPartition(partition)[i] for i in chosen])
+    windows = torch.bincount(cohort.owner)
+    assert (windows >= 2).any() and (windows == 1).any()  # clients with and without a contrastive term
+    negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(2))]
+    together = trainer.train_packed(start, cohort, negatives)
+    atol = 1e-2 * settings.lr if optimizer == "adam" else 1e-6
+    for c in range(len(cohort)):
+        own = cohort.owner == c
+        alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], negatives)
+        for name, delta in alone.dense.items():
+            torch.testing.assert_close(together[c].dense[name], delta, rtol=1e-4, atol=atol, msg=name)
+        for name, (rows, values) in alone.sparse.items():
+            assert torch.equal(together[c].sparse[name][0], rows), name
+            torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=atol, msg=name)
+    args = (model, start, cohort.inputs, cohort.targets, cohort.owner, len(cohort), loss, negatives[0])
+    blocks = model.client_blocks(cohort.inputs, cohort.owner, len(cohort), None)
+    assert sorted(blocks[1].tolist()) == (windows >= 2).nonzero().flatten().tolist()
+    with_cl = packed.cohort_gradients(*args, blocks=blocks, block_losses=model.client_block_losses)
+    without = packed.cohort_gradients(*args)
+    assert not torch.allclose(with_cl.dense["LayerNorm.weight"], without.dense["LayerNorm.weight"])

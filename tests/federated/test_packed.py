@@ -122,7 +122,7 @@ def test_packed_step_for_cl4srec_item_table_with_mask_row(tiny_data):
     model, partition = _build(tiny_data, "CL4SRec", loss_type="CE", lambda_cl=0.0)
     assert packed.supports(model)  # without its contrastive term CL4SRec is SASRec with a mask row
     model.lambda_cl = 0.1
-    assert not packed.supports(model)  # with it, the vmapped path runs its own loss
+    assert packed.supports(model)  # with it, each client's NT-Xent joins the pass (test_local_update.py)
     model.lambda_cl = 0.0
     trainer = LocalTrainer(model, LocalSettings(optimizer="adam", lr=0.05, loss="sampled_ce", num_negatives=16))
     cohort = _cohort(partition)
