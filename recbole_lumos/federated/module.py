@@ -69,6 +69,7 @@ class SequentialRecModule(pl.LightningModule):
         if self.ldp_clip:
             updates = [privatize(u, float(self.ldp_clip), self.ldp_noise, shapes, self._noise) for u in updates]
         self._round_clients += len(cohort)
+        self.optimizers().step()  # counts the cohort in trainer.global_step (see configure_optimizers)
         elapsed = max(time.perf_counter() - self._round_started, 1e-9)
         self.log(
             "clients_per_s",
@@ -82,7 +83,12 @@ class SequentialRecModule(pl.LightningModule):
 
     def configure_optimizers(self):
         if self.federated:
-            return None
+            # Clients and server keep their own optimisers (LocalTrainer, AggregationCallback).
+            # Lightning counts trainer.global_step in optimiser steps, and ModelCheckpoint skips
+            # every save while global_step has not moved since its last one: without steps a
+            # federated run would keep no best.ckpt and no last.ckpt. Each cohort therefore
+            # steps this optimiser of one unused scalar with learning rate 0 (a no-op).
+            return torch.optim.SGD([torch.zeros((), requires_grad=True)], lr=0.0)
         # RecBole's ``learner`` and ``learning_rate`` keys, as its Trainer reads them.
         learners = {
             "adam": torch.optim.Adam,

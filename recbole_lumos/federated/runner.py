@@ -132,18 +132,31 @@ def client_loader(config: Any, partition: ClientPartition, federated: bool) -> D
     )
 
 
-def validation_curve(metrics_csv: Path) -> list[dict[str, float]]:
-    """Every validation of the run, ``{"epoch": e, "<metric>": value, ...}``, from the CSV logger."""
-    if not metrics_csv.is_file():
-        return []
-    with metrics_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
-    curve = []
-    for row in rows:
-        values = {k[len("valid/") :]: float(v) for k, v in row.items() if k.startswith("valid/") and v}
-        if values:
-            curve.append({"epoch": float(row["epoch"]), **values})
-    return curve
+def validation_curve(logs: Path) -> list[dict[str, float]]:
+    """Every validation of the run, ``{"epoch": e, "<metric>": value, ...}``, from the CSV logger.
+
+    ``logs`` is the logger's folder (or one ``metrics.csv``). A resumed run's logger starts a
+    new ``metrics.csv``; the earlier ones are kept as ``metrics-part<N>.csv``
+    (:func:`keep_earlier_metrics`) and read first, a later row winning for the same epoch.
+    """
+    files = [logs] if logs.suffix == ".csv" else [*sorted(logs.glob("metrics-part*.csv")), logs / "metrics.csv"]
+    by_epoch: dict[float, dict[str, float]] = {}
+    for metrics_csv in files:
+        if not metrics_csv.is_file():
+            continue
+        with metrics_csv.open() as handle:
+            for row in csv.DictReader(handle):
+                values = {k[len("valid/") :]: float(v) for k, v in row.items() if k.startswith("valid/") and v}
+                if values:
+                    by_epoch[float(row["epoch"])] = {"epoch": float(row["epoch"]), **values}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def keep_earlier_metrics(logs: Path) -> None:
+    """Before a resumed run's logger rewrites ``metrics.csv``, keep the rows logged so far."""
+    current = logs / "metrics.csv"
+    if current.is_file():
+        current.rename(logs / f"metrics-part{len(list(logs.glob('metrics-part*.csv')))}.csv")
 
 
 def run_lightning(
@@ -178,17 +191,17 @@ def run_lightning(
     metric = str(config["valid_metric"]).lower()
     monitor = f"valid/{metric}"
     mode = "max" if config["valid_metric_bigger"] else "min"
+    # best.ckpt after each validation that improves; last.ckpt after every round/epoch, so a
+    # killed run loses at most one round.
     checkpoints = ModelCheckpoint(
-        dirpath=folder,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_top_k=1,
-        enable_version_counter=False,
+        dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False
+    )
+    every_round = ModelCheckpoint(  # no monitor, top 1: the newest round replaces the previous file
+        dirpath=folder, filename="last", every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False
     )
     callbacks: list[pl.Callback] = [
         checkpoints,
+        every_round,
         EarlyStopping(monitor=monitor, mode=mode, patience=patience),
     ]
     aggregation = AggregationCallback(config) if federated else None
@@ -196,6 +209,10 @@ def run_lightning(
         callbacks.append(aggregation)
     if config["show_progress"]:
         callbacks.append(TQDMProgressBar())
+    resume = config["resume"] or (str(folder / "last.ckpt") if (folder / "last.ckpt").is_file() else None)
+    if resume:
+        logger.info("resuming from %s", resume)
+        keep_earlier_metrics(folder / "logs")
     loggers: list[Any] = [CSVLogger(str(folder), name="logs", version="")]
     try:
         import tensorboard  # noqa: F401
@@ -220,15 +237,15 @@ def run_lightning(
         log_every_n_steps=1,
     )
     module = SequentialRecModule(model, config, federated)
-    resume = config["resume"] or (str(folder / "last.ckpt") if (folder / "last.ckpt").is_file() else None)
-    if resume:
-        logger.info("resuming from %s", resume)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*(sampler|batch_sampler).*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=valid_data, ckpt_path=resume)
-        curve = validation_curve(folder / "logs" / "metrics.csv")
-        best_path = checkpoints.best_model_path or str(folder / "last.ckpt")
+        curve = validation_curve(folder / "logs")
+        best_path = checkpoints.best_model_path
+        if not best_path:  # fewer epochs/rounds than eval_step: no validation ran
+            logger.info("no validation during training (epochs < eval_step): evaluating the final model")
+            best_path = str(folder / "last.ckpt")
         state = load_trusted(best_path)["state_dict"]
         module.load_state_dict(state)
         trainer.validate(module, dataloaders=valid_data, verbose=False)

@@ -1,6 +1,8 @@
 """The Lightning engine end to end on tiny data: equivalence, resume, traffic, uploads."""
 
+
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import write_tiny_dataset
 
@@ -99,7 +101,10 @@ def test_federated_run_reports_metrics_and_bytes(tiny_data):
 
 
 @pytest.mark.parametrize("server_optimizer", ["sgd", "adam"])
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, server_optimizer):
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, monkeypatch, server_optimizer):
+    """A run killed in round 3 and rerun resumes from the checkpoint written after round 2."""
+    from recbole_lumos.federated.callbacks import AggregationCallback
+
     settings = {
         **TINY,
         "server_optimizer": server_optimizer,  # adam: its moments must survive the restart
@@ -108,14 +113,33 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, s
         "client_fraction": 0.5,
         "client_batch": 4,
         "hidden_dropout_prob": 0.2,
-        "stopping_step": 100,
+        "federated_eval_step": 1,  # early stopping and best.ckpt state must survive too
+        "federated_stopping_step": 100,
+        "epochs": 4,
     }
-    straight = run_model(
-        "FedSASRec", "tiny", overrides={**settings, "epochs": 4, "checkpoint_dir": str(tmp_path / "a")}
-    )
-    run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 2, "checkpoint_dir": str(tmp_path / "b")})
-    resumed = run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 4, "checkpoint_dir": str(tmp_path / "b")})
+    straight = run_model("FedSASRec", "tiny", overrides={**settings, "checkpoint_dir": str(tmp_path / "a")})
+
+    apply = AggregationCallback._apply
+
+    def killed_in_round_3(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise RuntimeError("killed")
+        apply(self, trainer, pl_module)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AggregationCallback, "_apply", killed_in_round_3)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_model("FedSASRec", "tiny", overrides={**settings, "checkpoint_dir": str(tmp_path / "b")})
+    last = next((tmp_path / "b").glob("FedSASRec-tiny-*/last.ckpt"))  # written every round
+    starts = []
+    fit = pl.Trainer.fit
+    monkeypatch.setattr(pl.Trainer, "fit", lambda self, *a, ckpt_path=None, **k: starts.append(ckpt_path)
+                        or fit(self, *a, ckpt_path=ckpt_path, **k))
+    resumed = run_model("FedSASRec", "tiny", overrides={**settings, "checkpoint_dir": str(tmp_path / "b")})
+    assert starts == [str(last)]  # the rerun restarted from the checkpoint, not from scratch
     assert resumed.epochs == 4
+    assert resumed.valid_curve == straight.valid_curve
+    assert resumed.best_valid_result == straight.best_valid_result
     assert resumed.test_result == straight.test_result
     for name, value in _params(straight).items():
         torch.testing.assert_close(_params(resumed)[name], value)
@@ -180,3 +204,26 @@ def test_unknown_user_batch_order_is_refused(tiny_data):
     with pytest.raises(ConfigurationError, match="user_batch_order"):
         run_model("SASRec", "tiny", overrides={**TINY, "data_path": str(tiny_data), "train_mode": "all_positions",
                                                "user_batch_order": "sorted", "epochs": 1})
+
+
+def test_federated_result_is_the_best_validation_checkpoint(tiny_data, tmp_path):
+    """The reported valid metrics are the best validation's, not the last round's."""
+    result = run_model(
+        "FedSASRec",
+        "tiny",
+        overrides={
+            **TINY,
+            "data_path": str(tiny_data),
+            "epochs": 12,
+            "federated_eval_step": 2,
+            "federated_stopping_step": 100,
+            "topk": [5],
+            "valid_metric": "NDCG@5",
+            "server_lr": 0.3,
+            "checkpoint_dir": str(tmp_path),
+        },
+    )
+    scores = [point["ndcg@5"] for point in result.valid_curve]
+    assert len(scores) == 6
+    assert result.best_valid_result["ndcg@5"] == pytest.approx(max(scores), abs=1e-4)
+    assert next(tmp_path.glob("FedSASRec-tiny-*/best.ckpt")).is_file()
