@@ -7,7 +7,8 @@
 
 Everything else (clients per round, server optimiser, rounds, seed) is the same. Each
 run trains for exactly ``--rounds`` rounds (no early stopping) and is tested on its
-best-validation checkpoint. Prints a table and ``ndcg@20 ratio: b/a`` per seed and
+best-validation checkpoint (results measured before 2026-11-27 used the last round's
+model; see the erratum in the results file). Prints a table and ``ndcg@20 ratio: b/a`` per seed and
 on average.
 
     python benchmarks/federated_parity.py --dataset=ml-100k --data_path=../shared/datasets --rounds=100
