@@ -7,7 +7,8 @@ Three paths compute the same thing (each tested against the first to float toler
   ``torch.optim`` optimiser on a model loaded with the global weights;
 * :meth:`LocalTrainer.train_packed` (``local_epochs == 1``, SASRec layout, the
   default): one packed forward/backward for the whole cohort, per-client gradients
-  formed from layer inputs and output gradients (:mod:`~recbole_lumos.federated.packed`);
+  formed from layer inputs and output gradients (:mod:`~recbole_lumos.federated.packed`),
+  LUMOS's and CL4SRec's per-client contrastive terms included;
 * :meth:`LocalTrainer.train_cohort` (any number of local epochs, any model):
   ``torch.func.vmap`` over per-client copies of the weights and a functional
   SGD/Adam step that matches ``torch.optim``.

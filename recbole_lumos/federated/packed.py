@@ -32,6 +32,12 @@ it can be cheap on a CPU:
 * the last layer only computes what the loss reads: queries from the chunk's first
   target on, and after attention only positions with a target.
 
+Contrastive terms whose negatives stay inside one client also fit: a model may hand
+over a block of sequences per client (LUMOS: its anchor and F/R/C views; CL4SRec: two
+augmentations of each of its windows) and a per-client loss over their final states.
+The blocks go through the same forward pass in chunks of their own, and each client's
+term joins its gradient (:func:`_block_chunk_gradients`).
+
 :func:`supports` says which models qualify; others use the vmapped path.
 """
 
