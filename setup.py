@@ -38,8 +38,9 @@ setup(
     ],
     extras_require={
         "plot": ["matplotlib>=3.8"],
-        "flower": ["flwr>=1.20,<1.43"],
-        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8"],  # the tests draw the comparison plots
+        "flower": ["flwr==1.42.0"],  # the Message API (flwr.app, clientapp, serverapp); no Ray extra
+        # The tests draw the comparison plots and drive the Flower app through Flower's own ClientApp.
+        "dev": ["pytest>=8", "ruff>=0.6", "matplotlib>=3.8", "flwr==1.42.0"],
     },
     entry_points={"console_scripts": ["recbole-lumos=recbole_lumos.cli:main"]},
 )
