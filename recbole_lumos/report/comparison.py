@@ -182,9 +182,9 @@ def markdown_table(rows: Sequence[ModelSummary]) -> str:
     header += ["epochs / rounds", "wall time (s)", "MB / client", "views"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, record in zip(rows, results_rows(rows), strict=True):
-        if not row.runs:
-            reason = row.failures[0] if row.failures else "not run"
-            lines.append("| " + " | ".join([row.model, "failed", reason.replace("|", "/")]) + " |")
+        if not row.runs:  # failed, or not run yet (a comparison still in progress)
+            status, reason = ("failed", row.failures[0]) if row.failures else ("none yet", "not run yet")
+            lines.append("| " + " | ".join([row.model, status, reason.replace("|", "/")]) + " |")
             continue
         cells = [row.model, ",".join(map(str, row.seeds))]
         cells += [_cell(*row.mean_std("test", m)) for m in METRICS]

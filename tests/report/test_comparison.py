@@ -75,3 +75,12 @@ def test_table_arithmetic_matches_a_hand_computation(tmp_path):
     store.save_run("SASRec", 4, _run("SASRec", 4, 0.10))
     four = gains_table(store.summaries(["SASRec", "LUMOS"], [1, 2, 3, 4]), "LUMOS")
     assert "* |" in four  # differences .02 .04 .01 .03: t = 3.87, p = 0.030, significant and marked
+
+
+def test_a_model_not_run_yet_is_not_reported_as_failed(tmp_path):
+    store = ComparisonStore(tmp_path)
+    store.save_run("SASRec", 1, _run("SASRec", 1, 0.1))
+    store.save_failure("CL4SRec", 1, "ValueError: broken")
+    table = markdown_table(store.summaries(["SASRec", "CL4SRec", "LUMOS"], [1]))
+    assert "| CL4SRec | failed | seed 1: ValueError: broken |" in table
+    assert "| LUMOS | none yet | not run yet |" in table
