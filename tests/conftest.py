@@ -13,6 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECBOLE_LUMOS_DATA", REPO.parent / "shared" / "datasets"))
 PROPERTIES = REPO / "properties"
 CPU_SMALL = str(PROPERTIES / "experiment" / "cpu-small.yaml")
+TINY_ENGINE = {
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "hidden_dropout_prob": 0.0,
+    "attn_dropout_prob": 0.0,
+    "show_progress": False,
+}
+"""A SASRec-family model small enough to train federated on the tiny data set in seconds."""
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -4,22 +4,13 @@
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import write_tiny_dataset
+from conftest import TINY_ENGINE, write_tiny_dataset
 
 from recbole_lumos.checkpoint import evaluate_checkpoint
 from recbole_lumos.compat import load_trusted
 from recbole_lumos.quick_start import run_model
 
-TINY = {
-    "hidden_size": 16,
-    "inner_size": 32,
-    "n_layers": 1,
-    "n_heads": 2,
-    "MAX_ITEM_LIST_LENGTH": 10,
-    "hidden_dropout_prob": 0.0,
-    "attn_dropout_prob": 0.0,
-    "show_progress": False,
-}
+TINY = TINY_ENGINE
 
 
 def _params(result) -> dict[str, torch.Tensor]:

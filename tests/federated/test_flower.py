@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_ENGINE
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
@@ -16,14 +17,7 @@ from recbole_lumos.federated.flower import client_app, run_server
 from recbole_lumos.quick_start import run_model
 
 TINY = {
-    "hidden_size": 16,
-    "inner_size": 32,
-    "n_layers": 1,
-    "n_heads": 2,
-    "MAX_ITEM_LIST_LENGTH": 10,
-    "hidden_dropout_prob": 0.0,
-    "attn_dropout_prob": 0.0,
-    "show_progress": False,
+    **TINY_ENGINE,
     "local_loss": "ce",  # no sampled negatives: the two runs draw no random numbers that differ
     "client_batch": 4,
     "clients_per_round": 24,
