@@ -14,7 +14,6 @@ import contextlib
 import copy
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from logging import getLogger
@@ -44,6 +43,7 @@ class RunResult:
     test_result: dict[str, float]
     checkpoint: str | None
     wall_time_s: float
+    """Setup, training and evaluation, summed over the segments of a resumed run."""
     config: dict[str, Any] = field(default_factory=dict)
     train_mode: str = "prefix"
     federated: bool = False
@@ -59,6 +59,12 @@ class RunResult:
     """All-position runs: users that trained (federated: the clients)."""
     valid_curve: list[dict[str, float]] = field(default_factory=list)
     """All-position runs: every validation, ``{"epoch": e, "ndcg@20": ..., ...}``."""
+    cpu_time_s: float | None = None
+    """CPU seconds of the process (all threads), summed like ``wall_time_s``: the figure to
+    compare when other jobs share the machine."""
+    time_complete: bool = True
+    """False when the run resumed from a checkpoint that predates the run clock: the times
+    then cover the last segment only."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
@@ -186,7 +192,9 @@ def run_model(
     spec = resolve_model(model)
     config = build_config(spec, dataset, config_files, overrides)
     ensure_dataset(config)
-    started = time.perf_counter()
+    from recbole_lumos.federated.callbacks import RunClock
+
+    clock = RunClock()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -223,7 +231,7 @@ def run_model(
     else:
         from recbole_lumos.federated.runner import run_lightning
 
-        outcome = run_lightning(config, recommender, train_data, valid_data, test_data)
+        outcome = run_lightning(config, recommender, train_data, valid_data, test_data, clock)
         best_valid_result, test_result = outcome["best_valid_result"], outcome["test_result"]
         best_valid_score = best_valid_result[str(config["valid_metric"]).lower()]
         traffic = outcome["traffic"]
@@ -238,6 +246,7 @@ def run_model(
             _save_recbole_checkpoint(checkpoint, config, recommender)
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    wall_s, cpu_s = clock.totals()
 
     result = RunResult(
         model=spec.name,
@@ -247,7 +256,9 @@ def run_model(
         best_valid_result={k: float(v) for k, v in best_valid_result.items()},
         test_result={k: float(v) for k, v in test_result.items()},
         checkpoint=str(Path(checkpoint).resolve()) if saved else None,
-        wall_time_s=time.perf_counter() - started,
+        wall_time_s=wall_s,
+        cpu_time_s=cpu_s,
+        time_complete=clock.complete,
         config={key: config[key] for key in _REPORTED_KEYS if key in config},
         **extra,
     )

@@ -1,8 +1,10 @@
-"""Cross-cutting behaviour at Lightning's hooks: aggregation at the end of a round."""
+"""Cross-cutting behaviour at Lightning's hooks: aggregation at the end of a round, and
+the run's clock across resumed segments."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -86,3 +88,49 @@ class AggregationCallback(pl.Callback):
         self.history = list(state_dict.get("history", []))
         self.server_optimizer = None
         self._server_state = state_dict.get("server_optimizer")
+
+
+class RunClock(pl.Callback):
+    """Wall and CPU seconds of a run summed over its segments.
+
+    A run killed and resumed from ``last.ckpt`` would otherwise report only its last
+    segment's time. The clock travels in the checkpoint (Lightning saves callback
+    state), so ``earlier_*`` is what the segments before this process spent, and
+    ``complete`` is False when the run resumed from a checkpoint written before the
+    clock existed (its earlier time is unknown).
+    """
+
+    def __init__(self) -> None:
+        self.earlier_wall_s = 0.0
+        self.earlier_cpu_s = 0.0
+        self.complete = True
+        self._restored = False
+        self._wall0 = time.perf_counter()
+        self._cpu0 = time.process_time()
+
+    def start(self) -> None:
+        """Count this segment from now (the run's setup included)."""
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+
+    def totals(self) -> tuple[float, float]:
+        """``(wall_s, cpu_s)`` of every segment so far, this one included."""
+        return (
+            self.earlier_wall_s + time.perf_counter() - self._wall0,
+            self.earlier_cpu_s + time.process_time() - self._cpu0,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        wall, cpu = self.totals()
+        return {"wall_s": wall, "cpu_s": cpu, "complete": self.complete}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.earlier_wall_s = float(state_dict.get("wall_s", 0.0))
+        self.earlier_cpu_s = float(state_dict.get("cpu_s", 0.0))
+        self.complete = bool(state_dict.get("complete", True))
+        self._restored = True
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning restores callback state before this hook, and only for callbacks the
+        # checkpoint has: resuming without a restored clock means the earlier time is unknown.
+        if trainer.ckpt_path and not self._restored:
+            self.complete = False

@@ -32,7 +32,7 @@ from recbole_lumos.data.partition import (
 )
 from recbole_lumos.data.view_blocks import view_blocks
 from recbole_lumos.errors import ConfigurationError
-from recbole_lumos.federated.callbacks import AggregationCallback
+from recbole_lumos.federated.callbacks import AggregationCallback, RunClock
 from recbole_lumos.federated.module import SequentialRecModule
 
 # Keys that do not change what is trained (so they do not change the run folder).
@@ -160,9 +160,19 @@ def keep_earlier_metrics(logs: Path) -> None:
 
 
 def run_lightning(
-    config: Any, model: torch.nn.Module, train_data: Any, valid_data: Any, test_data: Any
+    config: Any,
+    model: torch.nn.Module,
+    train_data: Any,
+    valid_data: Any,
+    test_data: Any,
+    clock: RunClock | None = None,
 ) -> dict[str, Any]:
-    """Train with Lightning and evaluate on test; returns metrics, paths and traffic."""
+    """Train with Lightning and evaluate on test; returns metrics, paths and traffic.
+
+    ``clock`` (started by the caller) is checkpointed with the run, so a resumed run's
+    times include its earlier segments.
+    """
+    clock = clock or RunClock()
     federated = bool(config["federated"])
     logger = logging.getLogger()
     histories = training_histories(train_data._dataset)
@@ -203,6 +213,7 @@ def run_lightning(
         checkpoints,
         every_round,
         EarlyStopping(monitor=monitor, mode=mode, patience=patience),
+        clock,
     ]
     aggregation = AggregationCallback(config) if federated else None
     if aggregation is not None:

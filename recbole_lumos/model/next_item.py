@@ -47,6 +47,11 @@ def sample_negatives(
     return torch.randint(1, n_items, (num_negatives,), generator=generator).to(device)
 
 
+def _plain(tensor: torch.Tensor) -> bool:
+    """True outside ``torch.func`` transforms (``vmap``/``grad`` wrap their tensors)."""
+    return torch._C._functorch.maybe_get_level(tensor) == -1
+
+
 def next_item_loss(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -58,10 +63,18 @@ def next_item_loss(
 ) -> torch.Tensor:
     """Loss of predicting ``targets`` (``[..., L]``, 0 = skip) from ``hidden`` (``[..., L, d]``).
 
-    Written with masks rather than boolean indexing so that it runs under
-    ``torch.func.vmap`` (cohorts of clients trained together). ``negatives`` is a
-    shared ``[K]`` id tensor for ``sampled_ce`` and has ``targets``' shape for ``bce``.
+    Outside ``torch.func`` transforms the positions without a target are dropped before
+    the item scores are computed: a batch of users is padded to its longest window, and
+    the full softmax over the catalogue dominates the step. Under ``torch.func.vmap``
+    (cohorts of clients trained together) shapes cannot depend on data, so there the
+    padding is masked instead; both give the same loss. ``negatives`` is a shared ``[K]``
+    id tensor for ``sampled_ce`` and has ``targets``' shape for ``bce``.
     """
+    if _plain(hidden) and _plain(targets):
+        kept = (targets > 0).reshape(-1).nonzero().squeeze(1)
+        if kind == "bce" and negatives is not None and negatives.shape == targets.shape:
+            negatives = negatives.reshape(-1)[kept]
+        hidden, targets = hidden.reshape(-1, hidden.size(-1))[kept], targets.reshape(-1)[kept]
     keep = (targets > 0).to(hidden.dtype)
     if kind == "ce":
         logits = hidden @ item_weights.T

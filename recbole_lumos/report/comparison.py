@@ -51,6 +51,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def time_cell(runs: Sequence[dict], key: str) -> str:
+    """Mean of a time field (``wall_time_s``, ``cpu_time_s``) over runs, whole seconds.
+
+    Blank when a run did not record it; prefixed with ``>=`` when a run resumed from a
+    checkpoint older than the run clock, so its time covers the last segment only.
+    """
+    values = [r.get(key) for r in runs]
+    if not values or any(v is None for v in values):
+        return ""
+    partial = any(r.get("time_complete", True) is False for r in runs)
+    return f"{'>=' if partial else ''}{statistics.fmean(values):.0f}"
+
+
 def relative_gain(candidate: float, baseline: float) -> float:
     """``(candidate - baseline) / baseline``."""
     return (candidate - baseline) / baseline if baseline else math.nan
@@ -127,6 +140,9 @@ def results_rows(rows: Sequence[ModelSummary]) -> list[dict[str, Any]]:
                 record[f"{split}_{metric}_mean"], record[f"{split}_{metric}_std"] = mean, std
         runs = row.runs
         record["wall_time_s"] = statistics.fmean(r["wall_time_s"] for r in runs) if runs else math.nan
+        cpu = [r.get("cpu_time_s") for r in runs]
+        record["cpu_time_s"] = statistics.fmean(cpu) if cpu and None not in cpu else math.nan
+        record["time_complete"] = all(r.get("time_complete", True) for r in runs)
         epochs = [r["epochs"] for r in runs if r.get("epochs") is not None]
         record["epochs_or_rounds"] = statistics.fmean(epochs) if epochs else math.nan
         sent = [r["bytes_up_per_client"] for r in runs if r.get("bytes_up_per_client") is not None]
@@ -179,7 +195,7 @@ def gains_table(rows: Sequence[ModelSummary], candidate: str, metric: str = KEY_
 def markdown_table(rows: Sequence[ModelSummary]) -> str:
     """``results.md``'s main table: test and valid metrics (mean ± std over seeds) and costs."""
     header = ["model", "seeds", *[f"test {m}" for m in METRICS], *[f"valid {m}" for m in METRICS]]
-    header += ["epochs / rounds", "wall time (s)", "MB / client", "views"]
+    header += ["epochs / rounds", "wall time (s)", "CPU time (s)", "MB / client", "views"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, record in zip(rows, results_rows(rows), strict=True):
         if not row.runs:  # failed, or not run yet (a comparison still in progress)
@@ -190,7 +206,7 @@ def markdown_table(rows: Sequence[ModelSummary]) -> str:
         cells += [_cell(*row.mean_std("test", m)) for m in METRICS]
         cells += [_cell(*row.mean_std("valid", m)) for m in METRICS]
         cells.append(f"{record['epochs_or_rounds']:.1f}")
-        cells.append(f"{record['wall_time_s']:.0f}")
+        cells += [time_cell(row.runs, "wall_time_s"), time_cell(row.runs, "cpu_time_s")]
         total = record["bytes_per_client_total"]
         cells.append("" if math.isnan(total) else f"{total / 1e6:.2f}")
         cells.append(record["generation"])

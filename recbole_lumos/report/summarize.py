@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from recbole_lumos.report.comparison import mean_std, time_cell
+
 DEFAULT_METRICS = ("hit@10", "hit@20", "ndcg@10", "ndcg@20")
 VARIANT_KEYS = (
     "sim",
@@ -25,11 +27,6 @@ VARIANT_KEYS = (
     "lumos_generation",
 )
 """Config keys that split a model's runs into separate rows when they differ between runs."""
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def label(result: dict) -> str:
@@ -65,7 +62,7 @@ def summarize(results: Iterable[dict], metrics: Sequence[str] = DEFAULT_METRICS)
     by_model: dict[str, list[dict]] = {}
     for result, name in zip(results, variant_labels(results), strict=True):
         by_model.setdefault(name, []).append(result)
-    header = ["model", "seeds", *[f"test {m}" for m in metrics], "epochs / rounds", "wall time (s)"]
+    header = ["model", "seeds", *[f"test {m}" for m in metrics], "epochs / rounds", "wall time (s)", "CPU time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, runs in by_model.items():
         cells = [model, ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))]
@@ -74,7 +71,7 @@ def summarize(results: Iterable[dict], metrics: Sequence[str] = DEFAULT_METRICS)
             cells.append(f"{mean:.4f} ± {std:.4f}")
         epochs = [r.get("epochs") for r in runs if r.get("epochs") is not None]
         cells.append(f"{statistics.fmean(epochs):.1f}" if epochs else "")
-        cells.append(f"{statistics.fmean(r['wall_time_s'] for r in runs):.0f}")
+        cells += [time_cell(runs, "wall_time_s"), time_cell(runs, "cpu_time_s")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -128,12 +128,30 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, m
                         or fit(self, *a, ckpt_path=ckpt_path, **k))
     resumed = run_model("FedSASRec", "tiny", overrides={**settings, "checkpoint_dir": str(tmp_path / "b")})
     assert starts == [str(last)]  # the rerun restarted from the checkpoint, not from scratch
+    killed_clock = next(v for k, v in load_trusted(str(last))["callbacks"].items() if "RunClock" in k)
+    assert resumed.time_complete and straight.time_complete
+    assert killed_clock["wall_s"] > 0 and killed_clock["cpu_s"] > 0
+    assert resumed.wall_time_s > killed_clock["wall_s"]  # both segments are counted
+    assert resumed.cpu_time_s > killed_clock["cpu_s"]
     assert resumed.epochs == 4
     assert resumed.valid_curve == straight.valid_curve
     assert resumed.best_valid_result == straight.best_valid_result
     assert resumed.test_result == straight.test_result
     for name, value in _params(straight).items():
         torch.testing.assert_close(_params(resumed)[name], value)
+
+
+def test_a_run_resumed_from_a_checkpoint_without_a_clock_says_its_time_is_partial(tiny_data, tmp_path):
+    """Checkpoints written before the run clock existed: the earlier time is unknown."""
+    settings = {**TINY, "data_path": str(tiny_data), "checkpoint_dir": str(tmp_path), "epochs": 2}
+    run_model("FedSASRec", "tiny", overrides=settings)
+    last = next(tmp_path.glob("FedSASRec-tiny-*/last.ckpt"))
+    checkpoint = load_trusted(str(last))
+    checkpoint["callbacks"] = {k: v for k, v in checkpoint["callbacks"].items() if "RunClock" not in k}
+    torch.save(checkpoint, last)
+    resumed = run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 3})
+    assert resumed.epochs == 3
+    assert not resumed.time_complete
 
 
 @pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "norm_bound", "krum"])

@@ -58,6 +58,36 @@ def test_all_position_loss_equals_sum_of_recbole_prefix_losses(tiny_sasrec):
     assert checked == 5
 
 
+@pytest.mark.parametrize("loss", ["ce", "sampled_ce", "bce"])
+def test_loss_without_padding_rows_equals_the_masked_loss(loss):
+    """Plain tensors drop the padded positions before scoring; under vmap they are masked.
+    Both must give the same loss and the same gradients."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 6, 8, generator=generator, requires_grad=True)
+    items = torch.randn(30, 8, generator=generator, requires_grad=True)
+    targets = torch.randint(1, 30, (3, 6), generator=generator)
+    targets[0, :4] = 0  # padding: a short window
+    targets[2, 1] = 0
+    negatives = {
+        "ce": None,
+        "sampled_ce": torch.randint(1, 30, (7,), generator=generator),
+        "bce": torch.randint(1, 30, (3, 6), generator=generator),
+    }[loss]
+    plain = next_item_loss(hidden, targets, items, loss, negatives)
+    plain_grads = torch.autograd.grad(plain, [hidden, items])
+
+    def masked(h, w):  # under vmap (a batch of one) the masked formulation runs
+        return next_item_loss(h, targets, w, loss, negatives)
+
+    from torch.func import vmap
+
+    wrapped = vmap(masked, in_dims=(0, None))(hidden.unsqueeze(0), items)[0]
+    wrapped_grads = torch.autograd.grad(wrapped, [hidden, items])
+    assert plain.item() == pytest.approx(wrapped.item(), rel=1e-6)
+    for ours, reference in zip(plain_grads, wrapped_grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-7)
+
+
 def test_histories_exclude_validation_and_test_items(tiny_data):
     config = build_config("SASRec", "tiny", overrides={"data_path": str(tiny_data), **SMALL})
     dataset = create_dataset(config)

@@ -6,7 +6,13 @@ import math
 import pytest
 
 from recbole_lumos.cli import run
-from recbole_lumos.report.comparison import ComparisonStore, gains_table, markdown_table, paired_t_test
+from recbole_lumos.report.comparison import (
+    ComparisonStore,
+    gains_table,
+    markdown_table,
+    paired_t_test,
+    time_cell,
+)
 
 TINY = [
     "--dataset=tiny",
@@ -84,3 +90,12 @@ def test_a_model_not_run_yet_is_not_reported_as_failed(tmp_path):
     table = markdown_table(store.summaries(["SASRec", "CL4SRec", "LUMOS"], [1]))
     assert "| CL4SRec | failed | seed 1: ValueError: broken |" in table
     assert "| LUMOS | none yet | not run yet |" in table
+
+
+def test_time_cells_average_and_flag_runs_whose_earlier_segments_are_unknown():
+    runs = [{"wall_time_s": 100.0, "cpu_time_s": 40.0}, {"wall_time_s": 300.0, "cpu_time_s": 80.0}]
+    assert time_cell(runs, "wall_time_s") == "200"
+    assert time_cell(runs, "cpu_time_s") == "60"
+    assert time_cell([*runs, {"wall_time_s": 50.0}], "cpu_time_s") == ""  # a run without CPU time
+    partial = [runs[0], {**runs[1], "time_complete": False}]
+    assert time_cell(partial, "wall_time_s") == ">=200"
