@@ -170,3 +170,26 @@ def test_fast_dropout_keeps_one_minus_p_and_rescales(p):
     assert float((out != 0).float().mean()) == pytest.approx(1 - p, abs=5e-3)
     assert torch.allclose(out[out != 0], torch.tensor(1 / (1 - p)))
     assert torch.equal(packed._dropout(torch.ones(3), dropout.eval()), torch.ones(3))
+
+
+@pytest.mark.parametrize("owners", ["every client", "some clients"])
+def test_per_client_outer_products_of_ragged_token_runs(owners):
+    """``_Segments.outer`` (many clients, few tokens each: the padded batched path) equals a
+    per-client sum of outer products, whether it accumulates in place (every client of the
+    output present, in order) or scatters into the clients it has."""
+    generator = torch.Generator().manual_seed(0)
+    clients = 12
+    counts = torch.randint(1, 4, (clients,), generator=generator)
+    if owners == "some clients":
+        counts[[2, 7]] = 0
+    owner = torch.repeat_interleave(torch.arange(clients), counts)
+    grad = torch.randn(owner.numel(), 5, generator=generator)
+    x = torch.randn(owner.numel(), 3, generator=generator)
+    segments = packed._Segments(owner)
+    assert not segments.loop  # the batched path, not one matmul per client
+    out = torch.randn(clients, 5, 3, generator=generator)
+    expected = out.clone()
+    for c in range(clients):
+        expected[c] += grad[owner == c].T @ x[owner == c]
+    segments.outer(grad, x, out)
+    torch.testing.assert_close(out, expected)
