@@ -32,6 +32,7 @@ from recbole_lumos.data.partition import (
 )
 from recbole_lumos.data.view_blocks import view_blocks
 from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated.allocator import keep_freed_memory
 from recbole_lumos.federated.callbacks import AggregationCallback, RunClock
 from recbole_lumos.federated.module import SequentialRecModule
 
@@ -173,6 +174,7 @@ def run_lightning(
     times include its earlier segments.
     """
     clock = clock or RunClock()
+    keep_freed_memory()
     federated = bool(config["federated"])
     logger = logging.getLogger()
     histories = training_histories(train_data._dataset)
