@@ -120,8 +120,15 @@ class LUMOS(SASRec):
 
     def client_blocks(
         self, inputs: torch.Tensor, owner: torch.Tensor, num_clients: int, views: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The packed cohort path's per-client sequences: each client's ``[4, L]`` view block."""
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The packed cohort path's per-client sequences: each client's ``[4, L]`` view block.
+
+        ``None`` without the C view: a federated client's batch is the client alone, so its
+        tri-view term has no negative and is exactly zero (gradient included). Skipping the
+        views then trains exactly what encoding them would, and reads no view item.
+        """
+        if "C" not in self.lumos_views:
+            return None
         if views is None:
             raise ConfigurationError("LUMOS with lambda_cl > 0 needs each client's views; none reached the cohort.")
         return views, torch.arange(num_clients, device=views.device)

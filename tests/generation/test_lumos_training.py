@@ -40,3 +40,19 @@ def test_lumos_generates_views_then_trains(tiny_data, tiny_lm, tmp_path, federat
     trained = load_trusted(result.checkpoint)["state_dict"]
     baseline = load_trusted(plain.checkpoint)["state_dict"]
     assert any(not torch.allclose(trained[k], baseline[k]) for k in trained)
+
+
+def test_federated_lumos_without_counterfactual_trains_exactly_like_no_contrastive_term(tiny_data, tiny_lm, tmp_path):
+    """A federated client is its own batch: without C its tri-view term has no negative, is
+    exactly zero, and the packed path skips it. LUMOS-noC then equals LUMOS with lambda_cl=0,
+    which equals FedSASRec (test_lambda_zero_trains_exactly_like_sasrec)."""
+    overrides = {**SMALL, "data_path": str(tiny_data), "lumos_llm": str(tiny_lm), "federated": True}
+    overrides |= {"lumos_cache_dir": str(tmp_path / "views"), "hidden_dropout_prob": 0.3, "seed": 3}
+    no_c = run_model(
+        "LUMOS", "tiny", overrides={**overrides, "lumos_views": ["F", "R"], "checkpoint_dir": str(tmp_path / "n")}
+    )
+    plain = run_model("LUMOS", "tiny", overrides={**overrides, "lambda_cl": 0.0, "checkpoint_dir": str(tmp_path / "p")})
+    assert no_c.test_result == plain.test_result
+    trained = load_trusted(no_c.checkpoint)["state_dict"]
+    for name, value in load_trusted(plain.checkpoint)["state_dict"].items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=0)
