@@ -88,7 +88,7 @@ def write_plots(folder: Path, rows: Sequence) -> list[Path]:
     ax.set_xlabel("MB sent per client over the run (up + down)")
     ax.set_ylabel("test HR@20")
     ax.grid(alpha=0.3)
-    if ax.lines or ax.collections:
+    if ax.get_legend_handles_labels()[0]:  # central-only comparisons have no labelled federated point
         ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(folder / "accuracy_vs_bytes.png")
