@@ -1,14 +1,16 @@
-"""Cross-cutting behaviour at Lightning's hooks: aggregation at the end of a round, and
-the run's clock across resumed segments."""
+"""Cross-cutting behaviour at Lightning's hooks: aggregation at the end of a round, the
+run's clock across resumed segments, and checkpoints that survive a moved run folder."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from recbole_lumos.federated.accounting import RoundTraffic, tensor_bytes
 from recbole_lumos.federated.aggregators import build_aggregator
@@ -134,3 +136,33 @@ class RunClock(pl.Callback):
         # checkpoint has: resuming without a restored clock means the earlier time is unknown.
         if trainer.ckpt_path and not self._restored:
             self.complete = False
+
+
+class RunFolderCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for a self-contained run folder that may be moved.
+
+    Lightning compares the saved ``dirpath`` with the current one and, when they
+    differ, forgets the best score and keeps the old absolute paths: a run resumed
+    from a moved or copied folder would then take its next validation as "best"
+    and overwrite ``best.ckpt`` with a worse model, or load a best checkpoint from
+    the old place. The files of a run live in its own folder, so the saved paths are
+    re-based onto the current folder instead, and the scores are kept.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's own key, so checkpoints written by a plain ModelCheckpoint restore here
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath:
+
+            def rebase(path: Any) -> Any:
+                return str(Path(self.dirpath) / Path(path).name) if path else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                state_dict[key] = rebase(state_dict.get(key))
+            state_dict["best_k_models"] = {rebase(k): v for k, v in state_dict.get("best_k_models", {}).items()}
+        super().load_state_dict(state_dict)

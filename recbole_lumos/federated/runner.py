@@ -18,7 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -33,7 +33,7 @@ from recbole_lumos.data.partition import (
 from recbole_lumos.data.view_blocks import view_blocks
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.allocator import keep_freed_memory
-from recbole_lumos.federated.callbacks import AggregationCallback, RunClock
+from recbole_lumos.federated.callbacks import AggregationCallback, RunClock, RunFolderCheckpoint
 from recbole_lumos.federated.module import SequentialRecModule
 
 # Keys that do not change what is trained (so they do not change the run folder).
@@ -205,10 +205,10 @@ def run_lightning(
     mode = "max" if config["valid_metric_bigger"] else "min"
     # best.ckpt after each validation that improves; last.ckpt after every round/epoch, so a
     # killed run loses at most one round.
-    checkpoints = ModelCheckpoint(
+    checkpoints = RunFolderCheckpoint(
         dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False
     )
-    every_round = ModelCheckpoint(  # no monitor, top 1: the newest round replaces the previous file
+    every_round = RunFolderCheckpoint(  # no monitor, top 1: the newest round replaces the previous file
         dirpath=folder, filename="last", every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False
     )
     callbacks: list[pl.Callback] = [

@@ -154,6 +154,31 @@ def test_a_run_resumed_from_a_checkpoint_without_a_clock_says_its_time_is_partia
     assert not resumed.time_complete
 
 
+def test_a_moved_run_folder_keeps_its_best_score_and_resumes_from_the_new_place(tiny_data, tmp_path):
+    """Lightning forgets the best score when the checkpoint folder moved; ours re-bases it."""
+    import shutil
+
+    from recbole_lumos.federated.callbacks import RunFolderCheckpoint
+
+    settings = {**TINY, "data_path": str(tiny_data), "federated_eval_step": 1, "federated_stopping_step": 100}
+    first = run_model("FedSASRec", "tiny", overrides={**settings, "checkpoint_dir": str(tmp_path / "a"), "epochs": 2})
+    folder = next((tmp_path / "a").glob("FedSASRec-tiny-*"))
+    shutil.move(str(folder), str(tmp_path / "b" / folder.name))
+    saved = next(v for k, v in load_trusted(str(tmp_path / "b" / folder.name / "last.ckpt"))["callbacks"].items()
+                 if "ModelCheckpoint" in k and v.get("best_model_score") is not None)
+    callback = RunFolderCheckpoint(dirpath=str(tmp_path / "b" / folder.name), monitor="valid/ndcg@20", mode="max")
+    plain = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "b"), monitor="valid/ndcg@20", mode="max")
+    assert callback.state_key == plain.state_key  # checkpoints of older runs restore into it
+    callback.load_state_dict(saved)
+    assert callback.best_model_score == saved["best_model_score"]
+    assert callback.best_model_path == str(tmp_path / "b" / folder.name / "best.ckpt")
+    resumed = run_model("FedSASRec", "tiny", overrides={**settings, "checkpoint_dir": str(tmp_path / "b"), "epochs": 3})
+    assert resumed.epochs == 3 and len(resumed.valid_curve) == 3  # rounds 1-2 from the moved folder, then 3
+    assert resumed.valid_curve[:2] == first.valid_curve
+    assert resumed.best_valid_score == pytest.approx(max(p["ndcg@20"] for p in resumed.valid_curve), abs=1e-4)
+    assert not (tmp_path / "a" / folder.name).exists()
+
+
 @pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "norm_bound", "krum"])
 def test_every_aggregator_runs_a_round(tiny_data, aggregator):
     result = run_model(
