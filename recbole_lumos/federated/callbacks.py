@@ -110,10 +110,6 @@ class RunClock(pl.Callback):
         self._wall0 = time.perf_counter()
         self._cpu0 = time.process_time()
 
-    def start(self) -> None:
-        """Count this segment from now (the run's setup included)."""
-        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
-
     def totals(self) -> tuple[float, float]:
         """``(wall_s, cpu_s)`` of every segment so far, this one included."""
         return (

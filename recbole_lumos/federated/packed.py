@@ -200,16 +200,13 @@ class _Segments:
             padded[segment, slot] = t
             return padded
 
-        if self.clients.numel() == out.size(0) and bool((self.clients == self._all(out)).all()):
+        every = torch.arange(out.size(0), device=self.clients.device)
+        if self.clients.numel() == out.size(0) and torch.equal(self.clients, every):
             # every client of ``out`` is here, in order: accumulate in place (with a full-softmax
             # item table this saves a [clients, items, d] temporary and a pass over it)
             out.baddbmm_(pad(grad).transpose(1, 2), pad(x))
             return
         out.index_add_(0, self.clients, torch.bmm(pad(grad).transpose(1, 2), pad(x)))
-
-    @staticmethod
-    def _all(out: torch.Tensor) -> torch.Tensor:
-        return torch.arange(out.size(0), device=out.device)
 
     def sum(self, value: torch.Tensor, out: torch.Tensor) -> None:
         """``out[c] += sum of value over c's tokens``."""
