@@ -54,10 +54,18 @@ _VOLATILE = {
     "stopping_step",
 }
 
+_ADDED_UNSET = {"lumos_views_seed"}
+"""Keys added after runs were stored: while unset (``None``) they stay out of the hash, so the
+run folders, and the checkpoints of unfinished runs, keep their names."""
+
 
 def run_name(config: Any) -> str:
     """``<Model>-<dataset>-seed<seed>-<hash>``: stable across reruns of the same config."""
-    items = sorted((k, repr(v)) for k, v in config.final_config_dict.items() if k not in _VOLATILE)
+    items = sorted(
+        (k, repr(v))
+        for k, v in config.final_config_dict.items()
+        if k not in _VOLATILE and not (k in _ADDED_UNSET and v is None)
+    )
     digest = hashlib.sha1(repr(items).encode()).hexdigest()[:8]
     name = config["model_display_name"] if "model_display_name" in config else config["model"]
     return f"{name}-{config['dataset']}-seed{config['seed']}-{digest}"

@@ -8,9 +8,9 @@ Format (RecBole atomic style, tab-separated, original tokens)::
 one row per user and view (F, R, C). The name is ``<dataset>-<mode>-<hash>.views``
 where the hash covers everything that changes the views: dataset, split settings
 (``eval_args``, ``MAX_ITEM_LIST_LENGTH``, filters), model, GGUF file, adapter, mode,
-prompt version, seed, ``k_f``, ``rho_r``, ``rho_c`` and the embedding settings. It
-holds no user data, and nothing derived from validation or test items. A JSON sidecar
-(``.json``) stores the key and the statistics.
+prompt version, views seed (``lumos_views_seed``, by default ``seed``), ``k_f``, ``rho_r``,
+``rho_c`` and the embedding settings. It holds no user data, and nothing derived from
+validation or test items. A JSON sidecar (``.json``) stores the key and the statistics.
 
 Resuming: rows are appended and flushed after every batch, so an interrupted run
 keeps what it wrote. On load a half-written last line is discarded, users without
@@ -48,7 +48,7 @@ def cache_key(settings: Any, mode: str, generator: Mapping[str, Any], embedding:
             "filters": [list(pair) for pair in settings.data_filters],
         },
         "mode": mode,
-        "seed": int(settings.seed),
+        "seed": settings.views_seed,
         "k_f": int(settings.k_f),
         "rho_r": float(settings.rho_r),
         "rho_c": float(settings.rho_c),

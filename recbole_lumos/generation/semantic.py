@@ -120,7 +120,7 @@ def plan_views(
     window = int(settings.lumos_intent_window)
     batch = len(users)
     recents = [np.asarray(h[-L:], dtype=np.int64) for h in histories]
-    rngs = [user_rng(settings.seed, user) for user in users]
+    rngs = [user_rng(settings.views_seed, user) for user in users]
     m = [len(r) for r in recents]
     r_counts = [share(float(settings.rho_r), mi) for mi in m]
     c_counts = [share(float(settings.rho_c), mi) for mi in m]

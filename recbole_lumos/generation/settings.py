@@ -26,6 +26,9 @@ class GeneratorSettings:
 
     dataset: str = ""
     seed: int = 2020
+    lumos_views_seed: int | None = None
+    """Seed of the views' random choices; ``None``: the run's ``seed``. Fix it to train several seeds on one
+    set of views (a client writes its views once; prompt mode costs seconds per user)."""
     MAX_ITEM_LIST_LENGTH: int = 50
     eval_args: Any = None
     k_f: int = 3
@@ -52,6 +55,11 @@ class GeneratorSettings:
     show_progress: bool = True
     data_filters: tuple = ()
     """RecBole keys that change which interactions survive loading (part of the split)."""
+
+    @property
+    def views_seed(self) -> int:
+        """The seed the views are drawn (and cached) with."""
+        return int(self.seed if self.lumos_views_seed is None else self.lumos_views_seed)
 
     @classmethod
     def from_config(cls, config: Any) -> GeneratorSettings:

@@ -25,6 +25,8 @@ VARIANT_KEYS = (
     "user_batch_order",
     "lumos_views",
     "lumos_generation",
+    "lumos_views_seed",
+    "MAX_ITEM_LIST_LENGTH",
 )
 """Config keys that split a model's runs into separate rows when they differ between runs."""
 

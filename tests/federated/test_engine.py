@@ -8,6 +8,8 @@ from conftest import TINY_ENGINE, write_tiny_dataset
 
 from recbole_lumos.checkpoint import evaluate_checkpoint
 from recbole_lumos.compat import load_trusted
+from recbole_lumos.config import build_config
+from recbole_lumos.federated.runner import run_name
 from recbole_lumos.quick_start import run_model
 
 TINY = TINY_ENGINE
@@ -261,3 +263,12 @@ def test_federated_result_is_the_best_validation_checkpoint(tiny_data, tmp_path)
     assert len(scores) == 6
     assert result.best_valid_result["ndcg@5"] == pytest.approx(max(scores), abs=1e-4)
     assert next(tmp_path.glob("FedSASRec-tiny-*/best.ckpt")).is_file()
+
+
+def test_run_names_ignore_an_unset_views_seed_so_older_checkpoints_still_resume(tiny_data):
+    overrides = {"data_path": str(tiny_data), "lumos_generation": "semantic"}
+    config = build_config("LUMOS", "tiny", overrides=overrides)
+    name = run_name(config)
+    del config.final_config_dict["lumos_views_seed"]  # what a version without the key hashed
+    assert run_name(config) == name
+    assert run_name(build_config("LUMOS", "tiny", overrides={**overrides, "lumos_views_seed": 7})) != name

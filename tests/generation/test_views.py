@@ -59,6 +59,16 @@ def test_semantic_views_end_to_end(prepare, tiny_data, tiny_lm):
     assert sidecar["key"]["mode"] == "semantic" and sidecar["stats"]["users"] == 40
 
 
+def test_a_fixed_views_seed_shares_one_views_file_across_training_seeds(prepare, tiny_data, tiny_lm):
+    common = {"lumos_llm": str(tiny_lm), "lumos_generation": "semantic", "lumos_max_users": 10}
+    per_seed = [ensure_views(*prepare("tiny", tiny_data, seed=seed, **common)) for seed in (1, 2)]
+    assert per_seed[0].path != per_seed[1].path and per_seed[0].views != per_seed[1].views  # draws follow the seed
+    fixed = [ensure_views(*prepare("tiny", tiny_data, seed=seed, lumos_views_seed=1, **common)) for seed in (1, 2)]
+    assert fixed[0].path == fixed[1].path == per_seed[0].path  # lumos_views_seed=1 is what seed=1 drew
+    assert fixed[0].views == fixed[1].views == per_seed[0].views
+    assert fixed[1].stats["from_cache"]
+
+
 def test_prompt_views_end_to_end_with_real_generation(prepare, tiny_data, tiny_lm):
     config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt")
     view_set = ensure_views(config, dataset, train, max_users=6)
