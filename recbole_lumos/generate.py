@@ -14,20 +14,21 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import recbole_lumos.compat  # noqa: F401  (RecBole workarounds before RecBole is used)
 from recbole_lumos.errors import EXIT_CODE, ConfigurationError, LumosError
 
 
-def run(argv: Sequence[str]) -> str:
-    """Build config, dataset and split, ensure the views; return the views file path."""
+def prepare_split(argv: Sequence[str]) -> tuple[Any, Any, tuple[Any, Any, Any]]:
+    """``(config, dataset, (train, valid, test))`` built from command-line arguments with LUMOS's config,
+    as a ``--model=LUMOS`` run builds them (so its views cache is the one found here)."""
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
     from recbole_lumos.cli import parse_command_line
     from recbole_lumos.config import build_config, parse_overrides
     from recbole_lumos.data.atomic_files import ensure_dataset
-    from recbole_lumos.generation.views import ensure_views, stats_table
 
     given_model = parse_overrides(argv).get("model")
     if given_model not in (None, "LUMOS"):
@@ -40,7 +41,14 @@ def run(argv: Sequence[str]) -> str:
     ensure_dataset(config)
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
+    return config, dataset, data_preparation(config, dataset)
+
+
+def run(argv: Sequence[str]) -> str:
+    """Build config, dataset and split, ensure the views; return the views file path."""
+    from recbole_lumos.generation.views import ensure_views, stats_table
+
+    config, dataset, (train_data, _, _) = prepare_split(argv)
     view_set = ensure_views(config, dataset, train_data._dataset)
     print(stats_table(view_set.stats))
     print(f"views: {view_set.path}")

@@ -92,6 +92,13 @@ class _GeneratorSession:
         return self._encoder
 
 
+def views_file_for(settings: GeneratorSettings, mode: str) -> ViewsFile:
+    """The views file that runs with these settings read and write in ``mode`` (``prompt`` or ``semantic``)."""
+    generator = model_identity(settings) if mode == "prompt" else {}
+    key = cache_key(settings, mode, generator, embedding_identity(settings))
+    return ViewsFile(settings.lumos_cache_dir, settings.dataset, mode, key)
+
+
 def ensure_views(config: Any, dataset: Any, train_dataset: Any, *, max_users: int | None = None) -> ViewSet:
     """Load the cache, generate what is missing (resumable), write the file, return every user's views.
 
@@ -115,9 +122,7 @@ def ensure_views(config: Any, dataset: Any, train_dataset: Any, *, max_users: in
     selected = list(by_token)[: int(limit)] if limit is not None else list(by_token)
     item_tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field]]
 
-    generator = model_identity(settings) if mode == "prompt" else {}
-    key = cache_key(settings, mode, generator, embedding_identity(settings))
-    views_file = ViewsFile(settings.lumos_cache_dir, settings.dataset, mode, key)
+    views_file = views_file_for(settings, mode)
     cached = views_file.load(users=set(user_tokens), items=set(item_tokens[1:]))
     todo = [user for user in selected if user not in cached]
     counters = _Counters(views_file.read_sidecar().get("counters") if cached else None)

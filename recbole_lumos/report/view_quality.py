@@ -116,31 +116,15 @@ def _held_out(dataloader: Any, dataset: Any) -> dict[str, str]:
 
 def run(argv: Sequence[str]) -> str:
     """Build the split as a LUMOS run does, load the cached views, return the table."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
-    from recbole_lumos.cli import parse_command_line
-    from recbole_lumos.config import build_config
-    from recbole_lumos.data.atomic_files import ensure_dataset
     from recbole_lumos.data.partition import training_histories
-    from recbole_lumos.generation.cache import ViewsFile, cache_key
-    from recbole_lumos.generation.embedding import embedding_identity
-    from recbole_lumos.generation.language_model import model_identity
+    from recbole_lumos.generate import prepare_split
     from recbole_lumos.generation.settings import GeneratorSettings
-    from recbole_lumos.generation.views import resolve_mode
+    from recbole_lumos.generation.views import resolve_mode, views_file_for
 
-    command = parse_command_line(list(argv))
-    config = build_config("LUMOS", command.dataset, command.config_files, command.overrides)
-    ensure_dataset(config)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-
+    config, dataset, (train_data, valid_data, test_data) = prepare_split(argv)
     settings = GeneratorSettings.from_config(config)
     mode = resolve_mode(settings.lumos_generation)
-    generator = model_identity(settings) if mode == "prompt" else {}
-    key = cache_key(settings, mode, generator, embedding_identity(settings))
-    views_file = ViewsFile(settings.lumos_cache_dir, settings.dataset, mode, key)
+    views_file = views_file_for(settings, mode)
     if not views_file.path.is_file():
         raise ConfigurationError(
             f"no {mode} views for these settings in {settings.lumos_cache_dir} (expected {views_file.path.name}); "
