@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_lumos.config import parse_overrides
-from recbole_lumos.errors import EXIT_CODE, ConfigurationError, LumosError
+from recbole_lumos.errors import ConfigurationError, LumosError, exit_status
 from recbole_lumos.model.registry import ABLATIONS, resolve_model
 from recbole_lumos.quick_start import DatasetCache, RunResult, run_model
 
@@ -147,9 +147,4 @@ def run_comparison(command: CommandLine) -> list[RunResult]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except LumosError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CODE
-    return 0
+    return exit_status(run, sys.argv[1:] if argv is None else argv)

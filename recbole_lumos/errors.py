@@ -9,6 +9,10 @@ written on disk (checkpoints, results, view caches) is touched by the failure.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
 EXIT_CODE = 2
 
 
@@ -42,3 +46,13 @@ class LanguageModelError(LumosError):
 
 class GenerationError(LumosError):
     """The language model's output cannot be turned into views (after retries and fallbacks)."""
+
+
+def exit_status(command: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> int:
+    """Run a command-line ``command``; a :class:`LumosError` prints as one paragraph, no traceback."""
+    try:
+        command(argv)
+    except LumosError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CODE
+    return 0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import recbole_lumos.compat  # noqa: F401  (RecBole workarounds before RecBole is used)
-from recbole_lumos.errors import EXIT_CODE, ConfigurationError, LumosError
+from recbole_lumos.errors import ConfigurationError, exit_status
 
 
 def prepare_split(argv: Sequence[str]) -> tuple[Any, Any, tuple[Any, Any, Any]]:
@@ -58,12 +58,7 @@ def run(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except LumosError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CODE
-    return 0
+    return exit_status(run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

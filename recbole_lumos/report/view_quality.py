@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import recbole_lumos.compat  # noqa: F401  (RecBole workarounds before RecBole is used)
-from recbole_lumos.errors import EXIT_CODE, ConfigurationError, LumosError
+from recbole_lumos.errors import ConfigurationError, exit_status
 from recbole_lumos.generation.settings import VIEW_NAMES
 
 
@@ -151,12 +151,7 @@ def run(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     logging.basicConfig(level=logging.WARNING)
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except LumosError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CODE
-    return 0
+    return exit_status(run, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
