@@ -23,6 +23,9 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> No
 def test_unknown_model_names_close_matches(isolated):
     proc = run_cli("--model=SASrec", "--dataset=ml-100k", cwd=isolated)
     assert_clean_failure(proc, "Unknown model 'SASrec'", "'SASRec'")
+    # a name no RecBole package holds: RecBole's own search would import its optional-dependency models
+    proc = run_cli("--model=NoSuchModel", "--dataset=ml-100k", cwd=isolated)
+    assert_clean_failure(proc, "Unknown model 'NoSuchModel'")
 
 
 def test_missing_dataset_says_where_to_put_files(isolated):

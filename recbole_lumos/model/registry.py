@@ -14,7 +14,7 @@ from pathlib import Path
 
 from recbole.utils import get_model
 
-from recbole_lumos.errors import UnknownModelError
+from recbole_lumos.errors import ConfigurationError, UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,16 @@ def resolve_model(name: str) -> ModelSpec:
     ours = _project_models()
     if name in ours:
         return ModelSpec(name, ours[name], (name,))
-    try:
-        return ModelSpec(name, get_model(name), (name,))
-    except (ValueError, AttributeError):
-        pass
+    if name.lower() in _recbole_model_names():  # only then ask RecBole: its search imports every model package
+        try:
+            return ModelSpec(name, get_model(name), (name,))
+        except (ValueError, AttributeError):  # a module of that name, but the class is spelt otherwise
+            pass
+        except ImportError as error:
+            raise ConfigurationError(
+                f"RecBole's model {name!r} needs the package {error.name!r}, which is not installed. Install it "
+                f"(pip install {error.name}) or choose another model."
+            ) from error
     known = list(ours) + list(SHORTHANDS) + _recbole_model_names()
     lowered = {k.lower(): k for k in known}
     close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
