@@ -43,6 +43,10 @@ class CommandLine:
         return len(self.models) > 1 or self.seeds is not None
 
 
+MAX_SEED_COUNT = 100
+"""Larger ``--seeds=N`` counts are refused: ``--seeds=2021`` almost surely meant one seed, not 2,021 runs."""
+
+
 def _seeds(value: Any, first: int) -> list[int]:
     if isinstance(value, list | tuple):
         return [int(v) for v in value]
@@ -52,6 +56,12 @@ def _seeds(value: Any, first: int) -> list[int]:
     count = int(text)
     if count < 1:
         raise ConfigurationError(f"--seeds must be a positive count or a list of seeds, got {value!r}.")
+    if count > MAX_SEED_COUNT:
+        raise ConfigurationError(
+            f"--seeds={count} asks for {count} runs per model, which looks like a seed, not a count. "
+            f"For that one seed use --seed={count} --seeds=1; for several give a list, e.g. "
+            f"--seeds={count},{count + 1}."
+        )
     return [first + i for i in range(count)]
 
 

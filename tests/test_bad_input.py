@@ -28,6 +28,12 @@ def test_unknown_model_names_close_matches(isolated):
     assert_clean_failure(proc, "Unknown model 'NoSuchModel'")
 
 
+def test_a_seed_given_as_a_count_is_refused_before_anything_runs(isolated):
+    proc = run_cli("--model=SASRec", "--dataset=ml-100k", "--seeds=2021", cwd=isolated)
+    assert_clean_failure(proc, "--seeds=2021", "--seed=2021 --seeds=1")
+    assert not (isolated / "saved").exists()
+
+
 def test_missing_dataset_says_where_to_put_files(isolated):
     saved = isolated / "saved"
     saved.mkdir()
