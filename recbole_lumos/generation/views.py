@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from recbole_lumos.data.partition import training_histories
-from recbole_lumos.errors import GenerationError, LumosError
+from recbole_lumos.errors import ConfigurationError, GenerationError, LumosError
 from recbole_lumos.generation import prompt as prompting
 from recbole_lumos.generation.cache import ViewsFile, cache_key
 from recbole_lumos.generation.embedding import (
@@ -97,6 +97,18 @@ def views_file_for(settings: GeneratorSettings, mode: str) -> ViewsFile:
     generator = model_identity(settings) if mode == "prompt" else {}
     key = cache_key(settings, mode, generator, embedding_identity(settings))
     return ViewsFile(settings.lumos_cache_dir, settings.dataset, mode, key)
+
+
+def cached_views_file(settings: GeneratorSettings, what_to_do: str) -> tuple[str, ViewsFile]:
+    """``(mode, file)`` of views that must already exist: the diagnostics read views, never generate them."""
+    mode = resolve_mode(settings.lumos_generation)
+    views_file = views_file_for(settings, mode)
+    if not views_file.path.is_file():
+        raise ConfigurationError(
+            f"no {mode} views for these settings in {settings.lumos_cache_dir} "
+            f"(expected {views_file.path.name}); {what_to_do}"
+        )
+    return mode, views_file
 
 
 def ensure_views(config: Any, dataset: Any, train_dataset: Any, *, max_users: int | None = None) -> ViewSet:

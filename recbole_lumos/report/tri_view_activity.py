@@ -123,17 +123,11 @@ def run(argv: Sequence[str]) -> str:
     from recbole_lumos.data.partition import training_histories
     from recbole_lumos.data.view_blocks import view_blocks
     from recbole_lumos.generation.settings import GeneratorSettings
-    from recbole_lumos.generation.views import ensure_views, resolve_mode, views_file_for
+    from recbole_lumos.generation.views import cached_views_file, ensure_views
     from recbole_lumos.model.lumos import LUMOS
 
     config, state = _run_config(argv)
-    settings = GeneratorSettings.from_config(config)
-    views_file = views_file_for(settings, resolve_mode(settings.lumos_generation))
-    if not views_file.path.is_file():
-        raise ConfigurationError(
-            f"the run's views are not in {settings.lumos_cache_dir} (expected {views_file.path.name}); "
-            "give --lumos_cache_dir the folder the run used."
-        )
+    cached_views_file(GeneratorSettings.from_config(config), "give --lumos_cache_dir the folder the run used.")
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, _, _ = data_preparation(config, dataset)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import recbole_lumos.compat  # noqa: F401  (RecBole workarounds before RecBole is used)
-from recbole_lumos.errors import ConfigurationError, exit_status
+from recbole_lumos.errors import exit_status
 from recbole_lumos.generation.settings import VIEW_NAMES
 
 
@@ -119,17 +119,13 @@ def run(argv: Sequence[str]) -> str:
     from recbole_lumos.data.partition import training_histories
     from recbole_lumos.generate import prepare_split
     from recbole_lumos.generation.settings import GeneratorSettings
-    from recbole_lumos.generation.views import resolve_mode, views_file_for
+    from recbole_lumos.generation.views import cached_views_file
 
     config, dataset, (train_data, valid_data, test_data) = prepare_split(argv)
     settings = GeneratorSettings.from_config(config)
-    mode = resolve_mode(settings.lumos_generation)
-    views_file = views_file_for(settings, mode)
-    if not views_file.path.is_file():
-        raise ConfigurationError(
-            f"no {mode} views for these settings in {settings.lumos_cache_dir} (expected {views_file.path.name}); "
-            "run `python -m recbole_lumos.generate` with the same arguments first."
-        )
+    mode, views_file = cached_views_file(
+        settings, "run `python -m recbole_lumos.generate` with the same arguments first."
+    )
     item_tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field]]
     histories_by_id = training_histories(train_data._dataset)
     user_tokens = dataset.id2token(dataset.uid_field, np.asarray(list(histories_by_id), dtype=np.int64))
