@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_ENGINE
 from recbole.data import create_dataset, data_preparation
 
 from recbole_lumos.compat import load_trusted
@@ -11,17 +12,6 @@ from recbole_lumos.config import build_config
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.model.lumos import LUMOS, tri_view_loss
 from recbole_lumos.quick_start import run_model
-
-SMALL = {
-    "hidden_size": 16,
-    "inner_size": 32,
-    "n_layers": 1,
-    "n_heads": 2,
-    "MAX_ITEM_LIST_LENGTH": 10,
-    "hidden_dropout_prob": 0.0,
-    "attn_dropout_prob": 0.0,
-    "show_progress": False,
-}
 
 
 def test_tri_view_loss_matches_hand_computation():
@@ -51,7 +41,7 @@ def test_tri_view_loss_matches_hand_computation():
 @pytest.fixture
 def lumos_model(tiny_data):
     def build(**overrides) -> tuple[LUMOS, torch.Tensor]:
-        config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), **SMALL, **overrides})
+        config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), **TINY_ENGINE, **overrides})
         train_data, _, _ = data_preparation(config, create_dataset(config))
         torch.manual_seed(0)
         model = LUMOS(config, train_data._dataset)
@@ -92,7 +82,7 @@ def test_counterfactual_is_pushed_away_more_as_w_c_grows(lumos_model):
 
 
 def test_views_without_a_positive_are_refused(tiny_data):
-    config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), **SMALL, "lumos_views": ["C"]})
+    config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), **TINY_ENGINE, "lumos_views": ["C"]})
     train_data, _, _ = data_preparation(config, create_dataset(config))
     with pytest.raises(ConfigurationError, match="positive view"):
         LUMOS(config, train_data._dataset)
@@ -100,7 +90,7 @@ def test_views_without_a_positive_are_refused(tiny_data):
 
 @pytest.mark.parametrize("federated", [False, True])
 def test_lambda_zero_trains_exactly_like_sasrec(tiny_data, tmp_path, federated):
-    settings = {**SMALL, "data_path": str(tiny_data), "epochs": 2, "seed": 5, "train_mode": "all_positions"}
+    settings = {**TINY_ENGINE, "data_path": str(tiny_data), "epochs": 2, "seed": 5, "train_mode": "all_positions"}
     settings |= {"federated": federated, "user_batch_size": 8, "client_batch": 8, "num_negatives": 8}
     sasrec = run_model("SASRec", "tiny", overrides={**settings, "checkpoint_dir": str(tmp_path / "s")})
     lumos = run_model("LUMOS", "tiny", overrides={**settings, "lambda_cl": 0.0, "checkpoint_dir": str(tmp_path / "l")})
