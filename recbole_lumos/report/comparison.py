@@ -166,9 +166,12 @@ def total_bytes_per_client(run: dict) -> float:
 
 
 def gains_table(rows: Sequence[ModelSummary], candidate: str, metric: str = KEY_METRIC) -> str:
-    """Relative gain of ``candidate`` over every other row on test ``metric``, with a paired t-test."""
+    """Relative gain of ``candidate`` over every other row on test ``metric``, with a paired t-test.
+    Empty when there is nothing to compare: no runs of ``candidate``, or no other row with runs."""
     by_name = {row.model: row for row in rows}
     if candidate not in by_name or not by_name[candidate].runs:
+        return ""
+    if not any(row.runs for row in rows if row.model != candidate):
         return ""
     ours = by_name[candidate].by_seed("test", metric)
     lines = [

@@ -81,6 +81,7 @@ def test_table_arithmetic_matches_a_hand_computation(tmp_path):
     store.save_run("SASRec", 4, _run("SASRec", 4, 0.10))
     four = gains_table(store.summaries(["SASRec", "LUMOS"], [1, 2, 3, 4]), "LUMOS")
     assert "* |" in four  # differences .02 .04 .01 .03: t = 3.87, p = 0.030, significant and marked
+    assert gains_table(store.summaries(["LUMOS"], [1, 2, 3]), "LUMOS") == ""  # nothing to compare with
 
 
 def test_a_model_not_run_yet_is_not_reported_as_failed(tmp_path):
