@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 from recbole_lumos.data.partition import Cohort
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated import packed
+from recbole_lumos.federated.client_model import always_uploaded_rows, client_loss_is_plain, reads_client_views
 from recbole_lumos.federated.update import ClientUpdate
 from recbole_lumos.model.next_item import AllPositionsObjective, sample_negatives
 
@@ -92,7 +93,10 @@ class LocalTrainer:
     def __init__(self, model: nn.Module, settings: LocalSettings) -> None:
         self.model = model
         self.settings = settings
-        self.objective = AllPositionsObjective(model, settings.loss)
+        self.plain = client_loss_is_plain(model)
+        self.reads_views = reads_client_views(model)
+        self.always_rows = always_uploaded_rows(model)
+        self.objective = AllPositionsObjective(model, settings.loss, plain=self.plain)
         self.n_items = model.n_items
 
     # ------------------------------------------------------------------ helpers
@@ -125,14 +129,16 @@ class LocalTrainer:
                 dense[name] = delta
         return ClientUpdate(dense=dense, sparse=sparse, weight=weight)
 
-    @staticmethod
     def _touched(
+        self,
         inputs: torch.Tensor,
         targets: torch.Tensor,
         negatives: torch.Tensor | None,
         views: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        parts = [inputs.flatten(), targets.flatten()]
+        """The rows a client's loss reads, so the rows it uploads on every path: its items, its
+        negatives, its views' items (when its loss reads them) and the model's special rows."""
+        parts = [inputs.flatten(), targets.flatten(), self.always_rows.to(inputs.device)]
         if negatives is not None:
             parts.append(negatives.flatten())
         if views is not None:
@@ -151,6 +157,7 @@ class LocalTrainer:
     ) -> ClientUpdate:
         """One client, ``torch.optim``; ``negatives[e]`` are local epoch ``e``'s negatives,
         ``views`` the client's own ``[1, 4, L]`` LUMOS view block."""
+        views = views if self.reads_views else None  # e.g. LUMOS without C: a lone client's term is 0
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 p.copy_(global_params[name])
@@ -222,7 +229,7 @@ class LocalTrainer:
             return self.train_cohort(global_params, cohort, negatives)
         num_clients = len(cohort)
         blocks = None
-        if hasattr(self.model, "client_blocks") and not getattr(self.model, "plain_next_item_loss", False):
+        if not self.plain:
             blocks = self.model.client_blocks(cohort.inputs, cohort.owner, num_clients, cohort.views)
         grads = packed.cohort_gradients(
             self.model,
@@ -236,6 +243,7 @@ class LocalTrainer:
             SPARSE_TABLES if self.settings.uploads_sparse else (),
             blocks=blocks,
             block_losses=None if blocks is None else self.model.client_block_losses,
+            always_rows=self.always_rows,
         )
 
         def step(g: torch.Tensor) -> torch.Tensor:
@@ -281,7 +289,7 @@ class LocalTrainer:
         inputs[cohort.owner, slot] = cohort.inputs
         targets[cohort.owner, slot] = cohort.targets
         per_client_negatives = [self._per_client(n, cohort, slot, num_clients, max_windows) for n in negatives]
-        views = None if cohort.views is None else cohort.views.unsqueeze(1)  # [clients, 1, 4, L]
+        views = None if cohort.views is None or not self.reads_views else cohort.views.unsqueeze(1)
 
         vocab = None
         if self.settings.uploads_sparse:
@@ -296,7 +304,7 @@ class LocalTrainer:
                 params[name] = value.unsqueeze(0).repeat(num_clients, *([1] * value.dim()))
         state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
         grad_fn = grad(self._client_loss)
-        with self._mask_token(1 if vocab is not None else None):
+        with self._mask_token(1 if vocab is not None and self.always_rows.numel() else None):
             for epoch in range(self.settings.local_epochs):
                 neg = per_client_negatives[epoch]
                 in_dims = (0, 0, 0, None if neg is None or neg.dim() == 1 else 0, None if views is None else 0, None)
@@ -335,7 +343,7 @@ class LocalTrainer:
         """
         num_clients = inputs.size(0)
         rows = self.model.item_embedding.weight.size(0)
-        mask = getattr(self.model, "mask_token", None)
+        mask = int(self.always_rows[0]) if self.always_rows.numel() else None
         vocabularies = []
         for c in range(num_clients):
             parts = [inputs[c].flatten(), targets[c].flatten()]

@@ -23,8 +23,8 @@ from recbole.utils import get_trainer
 
 from recbole_lumos.data.partition import Cohort
 from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated.client_round import PrivacySettings, train_cohort_round
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
-from recbole_lumos.federated.privacy import privatize
 from recbole_lumos.model.next_item import all_positions_loss
 
 
@@ -40,8 +40,7 @@ class SequentialRecModule(pl.LightningModule):
         self.automatic_optimization = not federated
         self.local = LocalSettings.from_config(config) if federated else None
         self.local_trainer = LocalTrainer(model, self.local) if federated else None
-        self.ldp_clip = config["ldp_clip"]
-        self.ldp_noise = float(config["ldp_noise_multiplier"] or 0.0)
+        self.privacy = PrivacySettings.from_config(config)
         self._recbole = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
         self._round_started = 0.0
         self._round_clients = 0
@@ -61,13 +60,16 @@ class SequentialRecModule(pl.LightningModule):
             loss = all_positions_loss(self.model, cohort.inputs, cohort.targets, views=cohort.views)
             self.log("train/loss", loss, prog_bar=True, batch_size=len(cohort))
             return loss
-        global_params = self.local_trainer.global_params()
         one_by_one = int(self.config["client_batch"] or 1) == 1
-        updates = self.local_trainer.cohort_updates(global_params, cohort, self._negatives, one_by_one)
-        shapes = {name: p.shape for name, p in global_params.items()}
-        updates = [update.compact(shapes) for update in updates]
-        if self.ldp_clip:
-            updates = [privatize(u, float(self.ldp_clip), self.ldp_noise, shapes, self._noise) for u in updates]
+        updates = train_cohort_round(
+            self.local_trainer,
+            self.local_trainer.global_params(),
+            cohort,
+            self._negatives,
+            self._noise,
+            self.privacy,
+            one_by_one,
+        )
         self._round_clients += len(cohort)
         self.optimizers().step()  # counts the cohort in trainer.global_step (see configure_optimizers)
         elapsed = max(time.perf_counter() - self._round_started, 1e-9)

@@ -482,6 +482,7 @@ def cohort_gradients(
     chunk_windows: int | None = None,
     blocks: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_losses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    always_rows: torch.Tensor | None = None,
 ) -> CohortGradients:
     """Every client's gradient of its mean all-position loss at ``params``.
 
@@ -494,7 +495,8 @@ def cohort_gradients(
     client of window ``w``; ``negatives`` are shared ``[K]`` ids (``sampled_ce``) or one
     per position (``bce``). Tables in ``sparse_tables`` come back as per-client rows:
     exactly the rows a client touches (ids > 0), plus any other row with a non-zero
-    gradient. ``model`` must satisfy :func:`supports`; its weights are not used.
+    gradient, plus ``always_rows`` (the model's special rows, e.g. a mask token). ``model``
+    must satisfy :func:`supports`; its weights are not used.
     """
     if kind not in LOCAL_LOSSES:
         raise ValueError(f"local_loss must be one of {LOCAL_LOSSES}, got {kind!r}")
@@ -546,6 +548,9 @@ def cohort_gradients(
         for start in range(0, sequences.size(0), per_chunk):
             part = slice(start, min(start + per_chunk, sequences.size(0)))
             _block_chunk_gradients(model, params, fused, sequences[part], block_owner[part], block_losses, acc)
+    if always_rows is not None and always_rows.numel():
+        clients = torch.arange(num_clients, device=owner.device).unsqueeze(1).expand(-1, always_rows.numel())
+        acc.rows(TABLE, clients, always_rows.to(owner.device).unsqueeze(0).expand_as(clients), None)
     if kind == "sampled_ce":  # every client touches all the shared negatives
         clients = torch.arange(num_clients, device=owner.device).unsqueeze(1).expand(-1, negatives.numel())
         acc.rows(TABLE, clients, negatives.unsqueeze(0).expand_as(clients), shared)

@@ -6,6 +6,12 @@ rows the client touched (its own items and its sampled negatives), as row indice
 plus row deltas. Everything else is sent dense. ``weight`` is the client's number of
 training positions (the FedAvg weight).
 
+A sparse table stays sparse on the wire even when a client touched nearly every row:
+the aggregators average a row over the clients that *sent* it, so turning a sparse
+table into a dense one would make the client a sender of every row (zeros included)
+and change the aggregate. Rows are sent with their indices (8 bytes a row on top of
+``4 d``), the only encoding that keeps that meaning.
+
 Note on privacy: the row indices of a sparse upload reveal a superset of the items
 the client touched. Local differential privacy (:mod:`recbole_lumos.federated.privacy`)
 therefore always uploads densely.
@@ -41,34 +47,20 @@ class ClientUpdate:
         """Bytes on the wire: the real tensors' sizes (indices included)."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
-    def compact(self, shapes: Mapping[str, torch.Size]) -> ClientUpdate:
-        """The same update in its smaller encoding: a sparse table that would cost more
-        bytes than the dense tensor (a client that touched most rows) is sent dense."""
-        sparse, dense = {}, dict(self.dense)
-        for name, (index, rows) in self.sparse.items():
-            dense_bytes = torch.Size(shapes[name]).numel() * rows.element_size()
-            if index.numel() * index.element_size() + rows.numel() * rows.element_size() >= dense_bytes:
-                full = torch.zeros(shapes[name], dtype=rows.dtype)
-                full[index] = rows
-                dense[name] = full
-            else:
-                sparse[name] = (index, rows)
-        return ClientUpdate(dense=dense, sparse=sparse, weight=self.weight)
-
     def to_dense(self, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
         """Every parameter as a full tensor; rows a sparse table did not send are zero."""
         out = dict(self.dense)
         for name, (index, rows) in self.sparse.items():
-            full = torch.zeros(shapes[name], dtype=rows.dtype)
+            full = torch.zeros(shapes[name], dtype=rows.dtype, device=rows.device)
             full[index] = rows
             out[name] = full
         return out
 
     def touched(self, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
         """Boolean mask per parameter: which coordinates this client actually sent."""
-        out = {name: torch.ones(t.shape, dtype=torch.bool) for name, t in self.dense.items()}
+        out = {name: torch.ones(t.shape, dtype=torch.bool, device=t.device) for name, t in self.dense.items()}
         for name, (index, _) in self.sparse.items():
-            mask = torch.zeros(shapes[name], dtype=torch.bool)
+            mask = torch.zeros(shapes[name], dtype=torch.bool, device=index.device)
             mask[index] = True
             out[name] = mask
         return out

@@ -6,6 +6,16 @@ import torch
 import torch.nn.functional as F
 
 
+def large_negative(dtype: torch.dtype) -> float:
+    """The most negative finite value of ``dtype``: a mask fill that never overflows.
+
+    ``-1e9`` is ``-inf`` in float16, and a row masked entirely to ``-inf`` gives NaN
+    in softmax; ``finfo.min`` stays finite in every float dtype, and ``exp`` of it
+    minus any row maximum is 0 exactly as ``-1e9``'s is in float32.
+    """
+    return torch.finfo(dtype).min
+
+
 def similarity(a: torch.Tensor, b: torch.Tensor, sim: str) -> torch.Tensor:
     """Pairwise similarity matrix ``[len(a), len(b)]``; ``sim`` is ``dot`` or ``cos``."""
     if sim == "cos":
@@ -38,7 +48,7 @@ def nt_xent(
     keep = torch.cat([valid, valid]).to(z.device)
     # Finite fill: an all-padding anchor row must not turn into NaN (it is weighted 0 below).
     blocked = torch.eye(2 * n, dtype=torch.bool, device=z.device) | ~keep.unsqueeze(0)
-    logits = logits.masked_fill(blocked, -1e9)
+    logits = logits.masked_fill(blocked, large_negative(logits.dtype))
     losses = F.cross_entropy(logits, targets, reduction="none")
     weights = keep.to(losses.dtype)
     return (losses * weights).sum() / weights.sum().clamp(min=1)

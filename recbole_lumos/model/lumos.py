@@ -17,7 +17,7 @@ from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_lumos.errors import ConfigurationError
-from recbole_lumos.model.losses import similarity
+from recbole_lumos.model.losses import large_negative, similarity
 from recbole_lumos.model.next_item import next_item_term
 
 VIEW_ROWS = {"F": 1, "R": 2, "C": 3}
@@ -47,11 +47,12 @@ def tri_view_loss(
     users = h.size(0)
     valid = torch.ones(users, dtype=torch.bool, device=h.device) if valid is None else valid
     others = ~torch.eye(users, dtype=torch.bool, device=h.device) & valid.unsqueeze(0)
-    in_batch = similarity(h, h, sim).div(tau).masked_fill(~others, -1e9)
+    in_batch = similarity(h, h, sim).div(tau)
+    in_batch = in_batch.masked_fill(~others, large_negative(in_batch.dtype))
     parts = [in_batch]
     if counterfactual is not None and w_c > 0:
         hard = similarity(h, counterfactual, sim).div(tau) + math.log(w_c)
-        parts.append(hard.masked_fill(~valid.unsqueeze(0), -1e9))
+        parts.append(hard.masked_fill(~valid.unsqueeze(0), large_negative(hard.dtype)))
     weights = valid.to(h.dtype)
     total = h.new_zeros(())
     for p in positives:
@@ -118,16 +119,22 @@ class LUMOS(SASRec):
         counterfactual = z[:, VIEW_ROWS["C"]] if "C" in self.lumos_views else None
         return tri_view_loss(z[:, 0], positives, counterfactual, self.tau, self.sim, self.w_c, valid)
 
+    @property
+    def lone_client_term_vanishes(self) -> bool:
+        """Whether a federated client's tri-view term is exactly zero (gradient included).
+
+        A client's batch is the client alone, so without the C view its term has no
+        negative. The engine then trains it on the next-item loss and reads no view item
+        (so it uploads no view row): the same update, by construction.
+        """
+        return self.needs_views and "C" not in self.lumos_views
+
     def client_blocks(
         self, inputs: torch.Tensor, owner: torch.Tensor, num_clients: int, views: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The packed cohort path's per-client sequences: each client's ``[4, L]`` view block.
-
-        ``None`` without the C view: a federated client's batch is the client alone, so its
-        tri-view term has no negative and is exactly zero (gradient included). Skipping the
-        views then trains exactly what encoding them would, and reads no view item.
-        """
-        if "C" not in self.lumos_views:
+        """The packed cohort path's per-client sequences: each client's ``[4, L]`` view block
+        (``None`` when :attr:`lone_client_term_vanishes`)."""
+        if self.lone_client_term_vanishes:
             return None
         if views is None:
             raise ConfigurationError("LUMOS with lambda_cl > 0 needs each client's views; none reached the cohort.")

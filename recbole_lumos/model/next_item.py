@@ -112,15 +112,17 @@ class AllPositionsObjective(nn.Module):
 
     Models that add terms (CL4SRec, LUMOS) implement
     ``all_positions_loss(inputs, targets, negatives, kind)``; any other SASRec-family
-    model (RecBole's SASRec) gets the plain next-item loss.
+    model (RecBole's SASRec) gets the plain next-item loss, and so does every model when
+    ``plain`` is set (a federated client whose extra term is exactly zero).
     """
 
-    def __init__(self, model: nn.Module, kind: str = "ce") -> None:
+    def __init__(self, model: nn.Module, kind: str = "ce", plain: bool = False) -> None:
         super().__init__()
         if kind not in LOCAL_LOSSES:
             raise ValueError(f"local_loss must be one of {LOCAL_LOSSES}, got {kind!r}")
         self.model = model
         self.kind = kind
+        self.plain = plain
 
     def forward(
         self,
@@ -129,6 +131,8 @@ class AllPositionsObjective(nn.Module):
         negatives: torch.Tensor | None = None,
         views: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.plain:
+            return next_item_term(self.model, inputs, targets, negatives, self.kind)
         return all_positions_loss(self.model, inputs, targets, negatives, self.kind, views)
 
 

@@ -1,5 +1,6 @@
 """What leaves a client: backbone parameter deltas only (no ids, no data, nothing else)."""
 
+import pytest
 import torch
 from recbole.data import create_dataset, data_preparation
 
@@ -27,10 +28,34 @@ def _assert_only_backbone(update, model, partition, cohort_users):
         assert index.dtype == torch.long and index.dim() == 1
     # Nothing else is sent: no user id, no raw history or window, no weight of another module.
     assert set(update.dense) | set(update.sparse) == set(params)
+    # The only integers on the wire are sparse row indices, each a sorted set of rows: a
+    # history, a window or a user id (ordered, repeated, or not an index) cannot pass.
+    integers = [t for t in update.tensors() if not t.is_floating_point()]
+    indices = [index for index, _ in update.sparse.values()]
+    assert len(integers) == len(indices) and all(t is i for t, i in zip(integers, indices, strict=True))
+    for index in indices:
+        assert torch.equal(index, torch.unique(index))
     for tensor in update.tensors():
         for client in partition.clients:
-            if tensor.dim() == 2 and tensor.dtype == torch.long:
-                assert not torch.equal(tensor, client.inputs)
+            assert not (tensor.dtype == torch.long and tensor.numel() == client.history.numel()
+                        and torch.equal(tensor, client.history))
+
+
+def test_the_audit_catches_a_leaked_history(tiny_data):
+    """The audit can fail: an upload that carries a history as its row indices is caught."""
+    model, partition = _setup(tiny_data)
+    trainer = LocalTrainer(model, LocalSettings(loss="sampled_ce", num_negatives=4))
+    cohort = collate_cohort([IndexedPartition(partition)[0]])
+    (update,) = trainer.cohort_updates(trainer.global_params(), cohort, torch.Generator().manual_seed(0))
+    history = partition.clients[0].history
+    table = SPARSE_TABLES[0]
+    leaked = type(update)(
+        dense=update.dense,
+        sparse={table: (history.clone(), torch.zeros(history.numel(), update.sparse[table][1].size(1)))},
+        weight=update.weight,
+    )
+    with pytest.raises(AssertionError):
+        _assert_only_backbone(leaked, model, partition, cohort.users)
 
 
 def test_sparse_and_dense_uploads_hold_only_backbone_deltas(tiny_data):
