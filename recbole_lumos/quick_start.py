@@ -62,6 +62,8 @@ class RunResult:
     cpu_time_s: float | None = None
     """CPU seconds of the process (all threads), summed like ``wall_time_s``: the figure to
     compare when other jobs share the machine."""
+    ended_by_budget: bool = False
+    """All-position runs: the ``epochs`` budget, not early stopping, ended the run (a warning said so)."""
     time_complete: bool = True
     """False when the run resumed from a checkpoint that predates the run clock: the times
     then cover the last segment only."""
@@ -237,6 +239,7 @@ def run_model(
         traffic = outcome["traffic"]
         extra.update(epochs=outcome["rounds"], traffic=traffic, generation=outcome["generation"])
         extra.update(num_clients=outcome["clients"], valid_curve=outcome["valid_curve"])
+        extra.update(ended_by_budget=outcome["ended_by_budget"])
         if traffic:
             extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)
             extra["bytes_down_per_client"] = traffic[-1]["bytes_down_per_client"]

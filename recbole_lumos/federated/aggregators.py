@@ -123,12 +123,26 @@ class Aggregator(ABC):
         self.shapes: dict[str, torch.Size] = {name: torch.Size(shape) for name, shape in shapes.items()}
         self.num_updates = 0
         """Updates added since the last :meth:`result`."""
+        self._sent: dict[str, torch.Tensor] = {}
+        self.sent_rows: dict[str, torch.Tensor] = {}
+        """After :meth:`result`: per sparse-capable parameter, which rows any client sent
+        that round (a lazy server optimiser steps only those)."""
 
     def add(self, update: ClientUpdate) -> None:
         """Fold in one client's update for the current round."""
         _check_update(update, self.shapes)
         self._add(update)
+        for name, (index, _) in update.sparse.items():
+            self._sent_mask(name, index.device)[index] = True
+        for name, tensor in update.dense.items():
+            if name in self._sent or len(self.shapes[name]) > 0:
+                self._sent_mask(name, tensor.device).fill_(True)
         self.num_updates += 1
+
+    def _sent_mask(self, name: str, device: torch.device) -> torch.Tensor:
+        if name not in self._sent:
+            self._sent[name] = torch.zeros(_row_shape(self.shapes[name]), dtype=torch.bool, device=device)
+        return self._sent[name]
 
     def result(self) -> dict[str, torch.Tensor]:
         """The round's global update (full shape per parameter); then start a new round.
@@ -139,6 +153,7 @@ class Aggregator(ABC):
             out = {name: torch.zeros(shape) for name, shape in self.shapes.items()}
         else:
             out = self._result()
+        self.sent_rows, self._sent = self._sent, {}
         self._reset()
         self.num_updates = 0
         return out

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from recbole_lumos.federated.accounting import RoundTraffic, tensor_bytes
 from recbole_lumos.federated.aggregators import build_aggregator
-from recbole_lumos.federated.server_optimizer import apply_aggregate, build_server_optimizer
+from recbole_lumos.federated.server_optimizer import ServerOptimizer, apply_aggregate, build_server_optimizer
 
 
 class AggregationCallback(pl.Callback):
@@ -32,7 +31,7 @@ class AggregationCallback(pl.Callback):
         self.config = config
         self.name = str(config["aggregator"] or "fedavg")
         self.aggregator = None
-        self.server_optimizer: torch.optim.Optimizer | None = None
+        self.server_optimizer: ServerOptimizer | None = None
         self._server_state: dict[str, Any] | None = None  # restored before the optimiser exists
         self.traffic = RoundTraffic()
         self.history: list[dict[str, float]] = []
@@ -52,9 +51,9 @@ class AggregationCallback(pl.Callback):
         if batch_idx + 1 == trainer.num_training_batches:
             self._apply(trainer, pl_module)
 
-    def _optimizer(self, pl_module: pl.LightningModule) -> torch.optim.Optimizer:
+    def _optimizer(self, pl_module: pl.LightningModule) -> ServerOptimizer:
         if self.server_optimizer is None:
-            self.server_optimizer = build_server_optimizer(pl_module.model.parameters(), self.config)
+            self.server_optimizer = build_server_optimizer(dict(pl_module.model.named_parameters()), self.config)
             if self._server_state is not None:
                 self.server_optimizer.load_state_dict(self._server_state)
                 self._server_state = None
@@ -62,7 +61,8 @@ class AggregationCallback(pl.Callback):
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         aggregate = self.aggregator.result()
-        apply_aggregate(self._optimizer(pl_module), dict(pl_module.model.named_parameters()), aggregate)
+        params = dict(pl_module.model.named_parameters())
+        apply_aggregate(self._optimizer(pl_module), params, aggregate, self.aggregator.sent_rows)
         summary = {
             "round": float(trainer.current_epoch),
             "clients": float(self.traffic.clients),

@@ -30,11 +30,8 @@ from recbole_lumos.data.partition import Cohort
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated import packed
 from recbole_lumos.federated.client_model import always_uploaded_rows, client_loss_is_plain, reads_client_views
-from recbole_lumos.federated.update import ClientUpdate
+from recbole_lumos.federated.update import SPARSE_TABLES, ClientUpdate
 from recbole_lumos.model.next_item import AllPositionsObjective, sample_negatives
-
-SPARSE_TABLES = ("item_embedding.weight",)
-"""Parameters uploaded as touched rows only, when the local loss allows it."""
 
 
 @dataclass(frozen=True)

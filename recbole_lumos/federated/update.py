@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+SPARSE_TABLES = ("item_embedding.weight",)
+"""Parameters uploaded as touched rows only, when the local loss allows it."""
+
 
 @dataclass
 class ClientUpdate:

@@ -181,8 +181,19 @@ def test_a_moved_run_folder_keeps_its_best_score_and_resumes_from_the_new_place(
     assert not (tmp_path / "a" / folder.name).exists()
 
 
-@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "norm_bound", "krum"])
-def test_every_aggregator_runs_a_round(tiny_data, aggregator):
+def _first_round_change(tiny_data, tmp_path, monkeypatch, aggregator):
+    """How the global model moved in round 1 (server SGD, lr 1: the aggregate itself)."""
+    from recbole_lumos.federated.callbacks import AggregationCallback
+
+    changes = []
+    apply = AggregationCallback._apply
+
+    def recording(self, trainer, pl_module):
+        before = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()}
+        apply(self, trainer, pl_module)
+        changes.append({n: p.detach() - before[n] for n, p in pl_module.model.named_parameters()})
+
+    monkeypatch.setattr(AggregationCallback, "_apply", recording)
     result = run_model(
         "FedSASRec",
         "tiny",
@@ -191,12 +202,28 @@ def test_every_aggregator_runs_a_round(tiny_data, aggregator):
             "data_path": str(tiny_data),
             "epochs": 1,
             "aggregator": aggregator,
-            "max_update_norm": 1.0,
+            "max_update_norm": 0.05,
             "num_malicious": 1,
             "client_batch": 8,
+            "server_optimizer": "sgd",
+            "server_lr": 1.0,
+            "checkpoint_dir": str(tmp_path / aggregator),
         },
     )
-    assert result.test_result["hit@20"] >= 0
+    assert set(result.test_result) == {"hit@10", "hit@20", "ndcg@10", "ndcg@20"}
+    return changes[0]
+
+
+@pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "norm_bound", "krum"])
+def test_every_aggregator_runs_a_round(tiny_data, tmp_path, monkeypatch, aggregator):
+    """Each robust aggregator moves the model, and not as FedAvg does (a no-op or a silent
+    fallback to the mean would fail here)."""
+    robust = _first_round_change(tiny_data, tmp_path, monkeypatch, aggregator)
+    mean = _first_round_change(tiny_data, tmp_path, monkeypatch, "fedavg")
+    assert any(bool(delta.abs().sum() > 0) for delta in robust.values())
+    assert any(not torch.allclose(robust[name], mean[name]) for name in mean)
+    if aggregator == "norm_bound":  # the mean of clipped updates is within the bound
+        assert float(torch.cat([d.flatten() for d in robust.values()]).norm()) <= 0.05 + 1e-6
 
 
 @pytest.mark.parametrize("order", ["random", "by_length"])
@@ -272,3 +299,15 @@ def test_run_names_ignore_an_unset_views_seed_so_older_checkpoints_still_resume(
     del config.final_config_dict["lumos_views_seed"]  # what a version without the key hashed
     assert run_name(config) == name
     assert run_name(build_config("LUMOS", "tiny", overrides={**overrides, "lumos_views_seed": 7})) != name
+
+
+def test_a_run_cut_by_its_round_budget_says_so(tiny_data, tmp_path, caplog):
+    settings = {**TINY, "data_path": str(tiny_data), "client_batch": 8, "num_negatives": 8}
+    settings |= {"federated_eval_step": 1, "federated_stopping_step": 1, "server_optimizer": "sgd"}
+    cut = run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 1, "checkpoint_dir": str(tmp_path / "c")})
+    assert cut.ended_by_budget and "before early stopping" in caplog.text
+    caplog.clear()
+    # lr 0: nothing improves after the first validation, so early stopping ends the run in round 2
+    frozen = {**settings, "epochs": 50, "server_lr": 0.0, "checkpoint_dir": str(tmp_path / "s")}
+    stopped = run_model("FedSASRec", "tiny", overrides=frozen)
+    assert stopped.epochs < 50 and not stopped.ended_by_budget and "before early stopping" not in caplog.text
