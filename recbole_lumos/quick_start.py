@@ -148,6 +148,7 @@ _REPORTED_KEYS = (
     "aggregator",
     "server_optimizer",
     "server_lr",
+    "server_lazy_rows",
     "ldp_clip",
     "ldp_noise_multiplier",
     "user_batch_size",
