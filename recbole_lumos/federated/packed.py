@@ -379,8 +379,8 @@ def _losses(hidden, targets, item_weights, kind, negatives):
     target_rows = item_weights[targets].requires_grad_()
     pos = (hidden * target_rows).sum(-1)
     if kind == "sampled_ce":
-        # -log_softmax([pos, neg] - log_q)[0]: the log-Q correction of a uniform proposal shifts
-        # every logit alike and cancels; accidental hits are removed.
+        # -log_softmax([pos, neg])[0] (uniform negatives: no log-Q shift, see next_item_loss); accidental
+        # hits removed.
         neg = hidden @ item_weights[negatives].T
         hit = torch.isin(targets, negatives).nonzero().flatten()  # the few positions with accidental hits
         if hit.numel():

@@ -9,14 +9,14 @@ this gives, term by term, RecBole's prefix-mode losses (tested).
 
 * ``ce``: full softmax over all items (RecBole's SASRec ``CE``);
 * ``sampled_ce``: sampled softmax against ``num_negatives`` negatives shared by the
-  batch, drawn from the public catalogue, with the log-Q correction and accidental
-  hits removed;
+  batch, drawn uniformly from the public catalogue, accidental hits removed. With
+  a uniform proposal every negative has the same sampling probability, so the
+  log-Q correction of sampled softmax (Bengio & Senecal) is one constant shift of
+  every logit and cancels in the softmax: none is applied;
 * ``bce``: one uniformly drawn negative per position (the original SASRec).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,6 @@ def next_item_loss(
     kind: str = "ce",
     negatives: torch.Tensor | None = None,
     reduction: str = "mean",
-    catalogue_size: int | None = None,
 ) -> torch.Tensor:
     """Loss of predicting ``targets`` (``[..., L]``, 0 = skip) from ``hidden`` (``[..., L, d]``).
 
@@ -83,15 +82,10 @@ def next_item_loss(
     elif kind == "sampled_ce":
         if negatives is None or negatives.dim() != 1:
             raise ValueError("sampled_ce needs a shared 1-d tensor of negative item ids")
-        # log-Q correction for a uniform proposal over the catalogue (id 0 is padding): the
-        # expected count of every item among the K draws. ``item_weights`` may be a client's
-        # local table, so the catalogue size is passed in.
-        size = catalogue_size or item_weights.size(0) - 1
-        log_q = math.log(negatives.numel() / size)
         pos = (hidden * item_weights[targets]).sum(-1, keepdim=True)
         neg = hidden @ item_weights[negatives].T
         neg = neg.masked_fill(negatives == targets.unsqueeze(-1), float("-inf"))
-        logits = torch.cat([pos, neg], dim=-1) - log_q
+        logits = torch.cat([pos, neg], dim=-1)
         losses = -F.log_softmax(logits, dim=-1)[..., 0]
     elif kind == "bce":
         if negatives is None or negatives.shape != targets.shape:
@@ -146,7 +140,7 @@ def next_item_term(
     """The plain next-item loss at every position: SASRec's whole loss, CL4SRec's and LUMOS's first term."""
     hidden = all_position_hidden(model, inputs)
     return next_item_loss(
-        hidden, targets, candidate_weights(model), kind, negatives, catalogue_size=model.n_items - 1
+        hidden, targets, candidate_weights(model), kind, negatives
     )
 
 
