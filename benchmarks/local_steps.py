@@ -70,8 +70,7 @@ def main() -> None:
                 best = min(best, time.perf_counter() - began)
             base.setdefault(loss, best)
             rows.append((loss, epochs, best, best / epochs, best / epochs / base[loss]))
-    header = f"| loss | local epochs | s / round ({args.clients} clients) | s / local step | per step vs 1 packed step |"
-    print(header)
+    print(f"| loss | local epochs | s / round ({args.clients} clients) | s / local step | per step vs 1 packed |")
     print("|---|---|---|---|---|")
     for loss, epochs, seconds, per_step, ratio in rows:
         print(f"| {loss} | {epochs} | {seconds:.2f} | {per_step:.2f} | {ratio:.2f} |")
