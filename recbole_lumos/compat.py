@@ -9,9 +9,14 @@ import of :mod:`recbole_lumos`, and undone by nothing else.
    ``UnpicklingError``. We give ``recbole.trainer.trainer`` (and nothing else) a view
    of ``torch`` whose ``load`` defaults to ``weights_only=False``: those files are
    the user's own checkpoints. :func:`load_trusted` does the same for our loader.
-2. **NumPy 2 aliases.** RecBole's ``Config`` uses ``np.float_``; ray 2.6.3 uses
-   ``np.bool8``. We pin ``numpy<2``; on a newer NumPy we restore the aliases rather
-   than fail at import.
+2. **Removed NumPy aliases.** RecBole 1.2.1 and ray 2.6.3 use names NumPy removed:
+   ``np.float``, ``np.int``, ``np.bool`` ... (gone since 1.24; RecBole's metrics use
+   ``np.float`` and ``np.bool``) and ``np.float_``, ``np.complex_``, ``np.unicode_``,
+   ``np.bool8`` ... (gone in 2.0). RecBole sets the first group itself, but only
+   inside ``Config.compatibility_settings()``, so a process that unpickles a config
+   from a checkpoint instead of building one crashed in NDCG. :func:`restore_numpy_aliases`
+   sets every alias in :data:`NUMPY_ALIASES` that is missing, on import and again
+   before every trusted load; an alias NumPy still has is left alone.
 3. **RecBole reads ``sys.argv``.** ``Config`` parses every ``--key=value`` of the
    process's command line. Our CLI parses the command line itself and passes the
    values as ``config_dict``; :func:`isolated_argv` hides ``sys.argv`` while a
@@ -31,19 +36,80 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-for _alias, _target in (("float_", "float64"), ("bool8", "bool_"), ("int_", "int64")):
-    if not hasattr(np, _alias):  # NumPy >= 2
-        setattr(np, _alias, getattr(np, _target))
+NUMPY_ALIASES: dict[str, str] = {
+    # Removed in NumPy 2.0 (bool8: deprecated since 1.24). RecBole's Config reads the first three;
+    # ray.tune's loggers use bool8 and rllib product, alltrue and VisibleDeprecationWarning.
+    "float_": "float64",
+    "complex_": "complex128",
+    "unicode_": "str_",
+    "bool8": "bool_",
+    "int_": "intp",
+    "product": "prod",
+    "alltrue": "all",
+    "VisibleDeprecationWarning": "exceptions.VisibleDeprecationWarning",
+    # Removed in NumPy 1.24; RecBole's metrics and layers use them. The values are the ones
+    # Config.compatibility_settings() gives, so building a Config later changes nothing.
+    "bool": "bool_",
+    "int": "int_",
+    "float": "float_",
+    "complex": "complex_",
+    "object": "object_",
+    "str": "str_",
+    "long": "int_",
+    "unicode": "unicode_",
+}
+"""Alias -> its target, a dotted path inside ``numpy`` (targets restored earlier in the dict count).
+
+Every ``np.<name>`` that the installed RecBole 1.2.1 and ray 2.6.3 sources use and
+NumPy 1.26 or 2.x lacks. Not covered: ``np.asscalar`` (removed in 1.23, used only by
+rllib's dm_env wrapper, not an alias of anything).
+"""
+
+
+def _numpy_has(module: types.ModuleType, name: str) -> bool:
+    """Whether ``module.name`` resolves, without NumPy's deprecation warnings on the way."""
+    if name in vars(module):
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            getattr(module, name)
+        except AttributeError:
+            return False
+    return True
+
+
+def restore_numpy_aliases(module: types.ModuleType = np) -> list[str]:
+    """Set every missing alias of :data:`NUMPY_ALIASES` on ``module``; returns the names set.
+
+    Idempotent, and a no-op for aliases the installed NumPy still has (``np.float_``
+    on 1.26 stays NumPy's own object), so it can run before every checkpoint load.
+    """
+    restored = []
+    for alias, target in NUMPY_ALIASES.items():
+        if not _numpy_has(module, alias):
+            value: Any = module
+            for part in target.split("."):
+                value = getattr(value, part)
+            setattr(module, alias, value)
+            restored.append(alias)
+    return restored
 
 
 def load_trusted(path: str, map_location: Any = "cpu") -> Any:
-    """``torch.load`` for checkpoints this project or RecBole wrote (pickled config)."""
+    """``torch.load`` for checkpoints this project or RecBole wrote (pickled config).
+
+    The pickled RecBole ``Config`` is not rebuilt, so RecBole never sets its NumPy
+    aliases: restore them first, or evaluation fails in a fresh process.
+    """
+    restore_numpy_aliases()
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
@@ -83,5 +149,6 @@ def _undo_global_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(False)
 
 
+restore_numpy_aliases()
 _patch_trainer_torch_load()
 _undo_global_anomaly_detection()

@@ -29,18 +29,27 @@ from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.update import ClientUpdate
 
 
+def _norm(update: ClientUpdate) -> torch.Tensor | None:
+    """Global L2 norm as a float64 scalar on the update's device (``None`` when it carries nothing).
+
+    Summed tensor by tensor in float64, as :func:`update_norm` always did, so the value
+    is the same to the bit; it stays on the device, so clipping needs no host sync.
+    """
+    total: torch.Tensor | None = None
+    for tensor in [*update.dense.values(), *(rows for _, rows in update.sparse.values())]:
+        part = tensor.double().square().sum()
+        total = part if total is None else total + part.to(total.device)
+    return None if total is None else total.sqrt()
+
+
 def update_norm(update: ClientUpdate) -> float:
     """Global L2 norm over everything the update carries (sparse rows count, indices do not).
 
     Rows a sparse table did not send are zero, so this equals the norm of the dense
     form of the update.
     """
-    total = 0.0
-    for tensor in update.dense.values():
-        total += float(tensor.double().square().sum())
-    for _, rows in update.sparse.values():
-        total += float(rows.double().square().sum())
-    return math.sqrt(total)
+    norm = _norm(update)
+    return 0.0 if norm is None else float(norm)
 
 
 def clip_update(update: ClientUpdate, max_norm: float) -> ClientUpdate:
@@ -49,17 +58,51 @@ def clip_update(update: ClientUpdate, max_norm: float) -> ClientUpdate:
     Clipping the *global* norm (not each tensor separately) keeps the direction of
     the update and bounds any single client's influence, which is what both the DP
     sensitivity argument and the norm-bounding defence need. The input is not
-    modified; value tensors are new, sparse indices are shared.
+    modified; value tensors are new, sparse indices are shared. The scale is computed
+    on the update's device (no host round trip per client).
     """
     if not max_norm > 0 or not math.isfinite(max_norm):
         raise ValueError(f"max_norm must be a positive finite number, got {max_norm!r}.")
-    norm = update_norm(update)
-    scale = 1.0 if norm <= max_norm else max_norm / norm
+    norm = _norm(update)
+    if norm is None:  # the update carries no tensor: nothing to scale
+        return ClientUpdate(dense={}, sparse={}, weight=update.weight)
+    # max_norm / norm >= 1 exactly when norm <= max_norm: the clamp is min(1, max_norm / norm).
+    scale = (max_norm / norm).clamp(max=1.0)
     return ClientUpdate(
-        dense={name: tensor * scale for name, tensor in update.dense.items()},
-        sparse={name: (index, rows * scale) for name, (index, rows) in update.sparse.items()},
+        dense={name: tensor * scale.to(tensor.device) for name, tensor in update.dense.items()},
+        sparse={name: (index, rows * scale.to(rows.device)) for name, (index, rows) in update.sparse.items()},
         weight=update.weight,
     )
+
+
+def _densify(update: ClientUpdate, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """Every parameter of ``shapes`` as a full tensor on the device (and dtype) of the update's data.
+
+    Unsent rows and parameters are zeros created where the data already is, so a
+    CUDA update never meets a CPU tensor.
+    """
+    tensors = [*update.dense.values(), *(rows for _, rows in update.sparse.values())]
+    device = tensors[0].device if tensors else None
+    dtype = tensors[0].dtype if tensors else None
+    out = dict(update.dense)
+    for name, (index, rows) in update.sparse.items():
+        full = rows.new_zeros(shapes[name])
+        full[index.to(rows.device)] = rows
+        out[name] = full
+    for name, shape in shapes.items():
+        if name not in out:
+            out[name] = torch.zeros(shape, dtype=dtype, device=device)
+    return out
+
+
+def _gaussian(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, drawn on ``generator``'s device, moved to ``like``'s.
+
+    A CPU generator then serves CUDA tensors, and one seed gives the same noise
+    whatever device the update is on.
+    """
+    device = like.device if generator is None else generator.device
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def privatize(
@@ -75,7 +118,8 @@ def privatize(
     zeros, so neither row indices nor the set of sent parameters leak), clip the
     global L2 norm to ``clip``, add ``N(0, (noise_multiplier * clip)^2)`` to every
     coordinate. Noise is drawn parameter by parameter in ``shapes`` order from
-    ``generator``, so a seeded generator reproduces it exactly.
+    ``generator`` on the generator's own device, so a seeded generator reproduces it
+    exactly, on any device. Every tensor is created on the device of the update's data.
     """
     if not clip > 0 or not math.isfinite(clip):
         raise ConfigurationError(
@@ -87,17 +131,14 @@ def privatize(
             f"The local DP noise multiplier must be a finite number >= 0, got {noise_multiplier!r}. "
             "0 disables the noise (clipping only); larger values give stronger privacy."
         )
-    full = update.to_dense(shapes)
-    unknown = sorted(set(full) - set(shapes))
+    unknown = sorted((set(update.dense) | set(update.sparse)) - set(shapes))
     if unknown:
         raise ValueError(f"The update has parameters {unknown} that are not in the model's shapes.")
-    dense: dict[str, torch.Tensor] = {}
-    for name, shape in shapes.items():
-        dense[name] = full[name] if name in full else torch.zeros(shape)
+    full = _densify(update, shapes)
+    dense = {name: full[name] for name in shapes}
     clipped = clip_update(ClientUpdate(dense=dense, weight=update.weight), clip)
     std = noise_multiplier * clip
     if std > 0:
         for name, tensor in clipped.dense.items():
-            noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype, device=tensor.device)
-            clipped.dense[name] = tensor + noise * std
+            clipped.dense[name] = tensor + _gaussian(tensor, generator) * std
     return clipped

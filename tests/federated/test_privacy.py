@@ -82,3 +82,72 @@ def test_bad_privacy_parameters_raise() -> None:
         privatize(sample(), clip=1.0, noise_multiplier=-1.0, shapes=SHAPES)
     with pytest.raises(ValueError):
         clip_update(sample(), math.nan)
+
+
+def meta_update() -> ClientUpdate:
+    """``sample()`` on the meta device: a stand-in for a CUDA update on a CPU-only machine."""
+    return ClientUpdate(
+        dense={"bias": torch.empty(2, device="meta")},
+        sparse={"item": (torch.tensor([1], device="meta"), torch.empty(1, 2, device="meta"))},
+        weight=7.0,
+    )
+
+
+@pytest.fixture
+def strict_generator_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.randn`` refuses a generator of another device, as CUDA does (CPU and meta do not check)."""
+    randn = torch.randn
+
+    def checked(*args, generator: torch.Generator | None = None, device=None, **kwargs):
+        if generator is not None and device is not None and torch.device(device) != generator.device:
+            raise RuntimeError(f"Expected a '{torch.device(device).type}' device type for generator but found "
+                               f"'{generator.device.type}'")
+        return randn(*args, generator=generator, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", checked)
+
+
+def test_privatize_keeps_every_tensor_on_the_update_device(strict_generator_device) -> None:
+    """A CPU generator noising a non-CPU update: zeros, clipping and noise all stay on its device."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = {**SHAPES, "unsent": torch.Size([3])}
+    out = privatize(meta_update(), clip=1.0, noise_multiplier=1.0, shapes=shapes, generator=generator)
+    assert set(out.dense) == set(shapes) and out.sparse == {}
+    assert {name: t.device.type for name, t in out.dense.items()} == dict.fromkeys(shapes, "meta")
+    assert all(out.dense[name].shape == shape for name, shape in shapes.items())
+    clipped = clip_update(meta_update(), 1.0)
+    assert clipped.dense["bias"].device.type == "meta" and clipped.sparse["item"][1].device.type == "meta"
+
+
+def test_privatize_creates_nothing_on_the_default_device() -> None:
+    """With another default device, unsent parameters are still zeros beside the (CPU) update."""
+    generator, update = torch.Generator().manual_seed(0), sample()
+    shapes = {**SHAPES, "unsent": torch.Size([3])}
+    with torch.device("meta"):
+        out = privatize(update, clip=1.0, noise_multiplier=0.5, shapes=shapes, generator=generator)
+        plain = privatize(ClientUpdate(dense={}, sparse={}), 1.0, 0.0, SHAPES)  # nothing sent: default device
+    assert {t.device.type for t in out.dense.values()} == {"cpu"}
+    assert {t.device.type for t in plain.dense.values()} == {"meta"}
+
+
+def test_noise_is_the_generator_stream_in_shapes_order() -> None:
+    """Drawn on the generator's device: a seed gives the same noise wherever the update lives."""
+    zero = ClientUpdate(dense={"bias": torch.zeros(2)})
+    out = privatize(zero, clip=1.0, noise_multiplier=1.0, shapes=SHAPES, generator=torch.Generator().manual_seed(5))
+    expected = torch.Generator().manual_seed(5)
+    assert torch.equal(out.dense["bias"], torch.randn(2, generator=expected))
+    assert torch.equal(out.dense["item"], torch.randn(4, 2, generator=expected))
+
+
+def test_clipping_on_the_device_matches_the_python_float_scale() -> None:
+    """Same to the bit as ``tensor * min(1, max_norm / norm)`` with the norm summed in float64."""
+    generator = torch.Generator().manual_seed(1)
+    update = ClientUpdate(
+        dense={"bias": torch.randn(7, generator=generator)},
+        sparse={"item": (torch.tensor([0, 2]), torch.randn(2, 5, generator=generator))},
+    )
+    norm = math.sqrt(sum(float(t.double().square().sum()) for t in (update.dense["bias"], update.sparse["item"][1])))
+    clipped = clip_update(update, 0.5)
+    assert update_norm(update) == norm
+    assert torch.equal(clipped.dense["bias"], update.dense["bias"] * (0.5 / norm))
+    assert torch.equal(clipped.sparse["item"][1], update.sparse["item"][1] * (0.5 / norm))
