@@ -3,6 +3,17 @@
 RecBole 1.2.1 does not ship CL4SRec, so it is written here as a RecBole
 ``SequentialRecommender``: ``Config(model=CL4SRec)`` works, and so does the name
 ``CL4SRec`` through :mod:`recbole_lumos.model.registry`.
+
+**Federated (FedCL4SRec): the negatives are the client's own windows, by choice.** A
+federated client holds one user, so the only sequences its NT-Xent can contrast are
+its own: the augmentations of its other windows. Those windows overlap by half
+(``window_stride`` is ``L // 2``), so a negative shares up to half its items with the
+anchor: harder negatives than other users' sequences, and partly false ones. We keep
+this as the baseline because it is what a client can compute without seeing other
+users' data (the privacy premise LUMOS also keeps), and it matches published FedCL4SRec
+set-ups that contrast within the client. A client with a single window has no
+negative: its term is zero, exactly (see :meth:`CL4SRec.client_blocks`). Centrally,
+the negatives are the other users of the batch, as in the paper.
 """
 
 from __future__ import annotations
