@@ -1,7 +1,7 @@
 """What several local steps cost: one round of sampled clients, 1..k local epochs, per path.
 
 One local epoch trains on the packed path (one forward/backward for the whole cohort);
-more go through the vmapped path (per-client weights). Prints seconds per round and
+more go through the functional path (each client on its own weights, one after the other). Prints seconds per round and
 per local step for each (loss, local_epochs), and the per-step ratio to one packed step.
 
     python benchmarks/local_steps.py --dataset=ml-1m --data_path=../shared/datasets \

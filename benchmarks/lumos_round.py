@@ -1,7 +1,8 @@
 """One LUMOS round (each client's own windows plus its tri-view term), two ways, same process.
 
-(a) reference for cohorts: ``torch.func.vmap`` over per-client copies of the weights
-    (:meth:`LocalTrainer.train_cohort`), the path any model can take;
+(a) one client after the other on its own weights (:meth:`LocalTrainer.train_functional`),
+    the path any model and any number of local steps take (until 2026-11-30 this row was a
+    ``torch.func.vmap`` path, which the results files of 2026-11-27 measured);
 (b) the default: the packed per-client gradient pass
     (:meth:`LocalTrainer.train_packed`), which adds each client's view term
     (:meth:`LUMOS.client_view_losses`) to the same pass.
@@ -73,17 +74,17 @@ def main() -> None:
         lengths=[partition.clients[c].inputs.size(0) for c in range(clients)],
     )
     start = trainer.global_params()
-    times: dict[str, list[float]] = {"vmap": [], "packed": []}
-    for way in ("packed", "vmap", "packed"):
+    times: dict[str, list[float]] = {"functional": [], "packed": []}
+    for way in ("packed", "functional", "packed"):
         generator = torch.Generator().manual_seed(0)
         begin = time.perf_counter()
         for members in sampler:
             cohort = collate_cohort([(c, partition.clients[c]) for c in members])
             negatives = [trainer.draw_negatives(cohort.targets, generator)]
-            train = trainer.train_packed if way == "packed" else trainer.train_cohort
+            train = trainer.train_packed if way == "packed" else trainer.train_functional
             train(start, cohort, negatives)
         times[way].append(time.perf_counter() - begin)
-    vmap, packed = min(times["vmap"]), min(times["packed"])
+    functional, packed = min(times["functional"]), min(times["packed"])
     print(
         f"dataset {args.dataset}, {clients} clients, client_batch {config['client_batch']}, "
         f"local_loss {settings.loss}, views {views.mode} ({views.path.name}), lambda_cl {model.lambda_cl}, "
@@ -91,9 +92,9 @@ def main() -> None:
     )
     print("| way | seconds per round | clients/s |")
     print("|---|---|---|")
-    for name, seconds in (("(a) vmap cohorts", vmap), ("(b) packed (default)", packed)):
+    for name, seconds in (("(a) functional, one by one", functional), ("(b) packed (default)", packed)):
         print(f"| {name} | {seconds:.2f} | {clients / seconds:,.0f} |")
-    print(f"speedup: {vmap / packed:.2f}")
+    print(f"speedup: {functional / packed:.2f}")
 
 
 if __name__ == "__main__":

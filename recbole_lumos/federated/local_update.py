@@ -1,30 +1,33 @@
 """Local training: global weights plus one client's windows in, one :class:`ClientUpdate` out.
 
 It knows nothing about rounds, servers or aggregation (Flower's ClientApp contract).
-Three paths compute the same thing (each tested against the first to float tolerance):
+Three paths compute the same thing (each tested against the first to float tolerance),
+and upload the same rows (the rows the client's loss reads, :meth:`LocalTrainer._touched`):
 
-* :meth:`LocalTrainer.train_client` is the reference: one client at a time, a
-  ``torch.optim`` optimiser on a model loaded with the global weights;
+* :meth:`LocalTrainer.train_client` is the reference (the oracle of tests and
+  benchmarks): one client at a time, a ``torch.optim`` optimiser on a model loaded
+  with the global weights;
 * :meth:`LocalTrainer.train_packed` (``local_epochs == 1``, SASRec layout, the
   default): one packed forward/backward for the whole cohort, per-client gradients
   formed from layer inputs and output gradients (:mod:`~recbole_lumos.federated.packed`),
   LUMOS's and CL4SRec's per-client contrastive terms included;
-* :meth:`LocalTrainer.train_cohort` (any number of local epochs, any model):
-  ``torch.func.vmap`` over per-client copies of the weights and a functional
-  SGD/Adam step that matches ``torch.optim``.
+* :meth:`LocalTrainer.train_functional` (any number of local steps, any model): each
+  client's own weights through ``torch.func.functional_call`` and
+  :func:`functional_step`, the one functional SGD/Adam (it matches ``torch.optim``).
+  It replaced a ``torch.func.vmap`` path over padded per-client copies, which was 4-9x
+  slower per step than the packed step on ml-1m (``benchmarks/local_steps.py``).
 
 Each local epoch is one full-batch step over all of the client's windows.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 from recbole_lumos.data.partition import Cohort
 from recbole_lumos.errors import ConfigurationError
@@ -73,15 +76,6 @@ class LocalSettings:
 
 
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
-
-
-@dataclass
-class _Vocabulary:
-    """Per-client local item tables: ``index[c, j]`` is the global row of local id ``j``."""
-
-    index: torch.Tensor
-    sizes: list[int]
-    skip: int
 
 
 class LocalTrainer:
@@ -196,9 +190,7 @@ class LocalTrainer:
         ``self.model`` holds the global weights again afterwards."""
         negatives = [self.draw_negatives(cohort.targets, generator) for _ in range(self.settings.local_epochs)]
         if not one_by_one and len(cohort) > 1:
-            if self.settings.local_epochs == 1:
-                return self.train_packed(global_params, cohort, negatives)
-            return self.train_cohort(global_params, cohort, negatives)
+            return self.train_packed(global_params, cohort, negatives)
         updates = []
         for c in range(len(cohort)):
             own = cohort.owner == c
@@ -221,9 +213,9 @@ class LocalTrainer:
     ) -> list[ClientUpdate]:
         """One local epoch for every client of ``cohort`` from one packed forward/backward
         (:mod:`recbole_lumos.federated.packed`); same maths as :meth:`train_client`.
-        Models it cannot handle, and more than one local epoch, go to :meth:`train_cohort`."""
+        Models it cannot handle, and more than one local epoch, go to :meth:`train_functional`."""
         if self.settings.local_epochs != 1 or not packed.supports(self.model):
-            return self.train_cohort(global_params, cohort, negatives)
+            return self.train_functional(global_params, cohort, negatives)
         num_clients = len(cohort)
         blocks = None
         if not self.plain:
@@ -260,7 +252,7 @@ class LocalTrainer:
             for c in range(num_clients)
         ]
 
-    # ---------------------------------------------------------- cohort: vmapped
+    # ------------------------------------------------ any number of local steps
     def _client_loss(self, params, inputs, targets, negatives, views, global_params):
         loss = functional_call(
             self.objective, {f"model.{k}": v for k, v in params.items()}, (inputs, targets, negatives, views)
@@ -269,142 +261,57 @@ class LocalTrainer:
             loss = loss + 0.5 * self.settings.mu * sum(((params[n] - global_params[n]) ** 2).sum() for n in params)
         return loss
 
-    def train_cohort(
+    def train_functional(
         self,
         global_params: Mapping[str, torch.Tensor],
         cohort: Cohort,
         negatives: list[torch.Tensor | None],
     ) -> list[ClientUpdate]:
-        """All clients of ``cohort`` at once; identical maths to :meth:`train_client`."""
-        num_clients = len(cohort)
-        counts = torch.bincount(cohort.owner, minlength=num_clients)
-        max_windows = int(counts.max())
-        slot = torch.arange(cohort.owner.numel()) - torch.cumsum(counts, 0)[cohort.owner] + counts[cohort.owner]
-        length = cohort.inputs.size(1)
-        inputs = torch.zeros(num_clients, max_windows, length, dtype=torch.long)
-        targets = torch.zeros_like(inputs)
-        inputs[cohort.owner, slot] = cohort.inputs
-        targets[cohort.owner, slot] = cohort.targets
-        per_client_negatives = [self._per_client(n, cohort, slot, num_clients, max_windows) for n in negatives]
-        views = None if cohort.views is None or not self.reads_views else cohort.views.unsqueeze(1)
-
-        vocab = None
-        if self.settings.uploads_sparse:
-            vocab, inputs, targets, per_client_negatives, views = self._local_vocabulary(
-                inputs, targets, per_client_negatives, views
-            )
-        params = {}
-        for name, value in global_params.items():
-            if vocab is not None and name == SPARSE_TABLES[0]:
-                params[name] = value[vocab.index]  # each client holds only its own rows
-            else:
-                params[name] = value.unsqueeze(0).repeat(num_clients, *([1] * value.dim()))
-        state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
-        grad_fn = grad(self._client_loss)
-        with self._mask_token(1 if vocab is not None and self.always_rows.numel() else None):
-            for epoch in range(self.settings.local_epochs):
-                neg = per_client_negatives[epoch]
-                in_dims = (0, 0, 0, None if neg is None or neg.dim() == 1 else 0, None if views is None else 0, None)
-                grads = vmap(grad_fn, in_dims=in_dims, randomness="different")(
-                    params, inputs, targets, neg, views, dict(global_params)
-                )
-                params = self._step(params, grads, state, epoch + 1)
-
+        """Every client of ``cohort``, one after the other, for ``local_epochs`` steps: the
+        model is called functionally on the client's own weights (``torch.func.functional_call``)
+        and stepped by :func:`functional_step`. The same maths as :meth:`train_client` without
+        ``torch.optim`` and without copying weights in and out of the module, which is what
+        makes several local steps cheap (``benchmarks/local_steps.py``)."""
         updates = []
-        for c in range(num_clients):
-            local = {k: v[c] for k, v in params.items()}
-            weight = float(cohort.weights[c])
-            if vocab is not None:
-                updates.append(self._local_vocabulary_update(global_params, local, vocab, c, weight))
-                continue
-            client_negatives = [n if n is None or n.dim() == 1 else n[c] for n in per_client_negatives]
-            touched = self._touched(
-                inputs[c],
-                targets[c],
-                torch.cat([n.flatten() for n in client_negatives])
-                if any(n is not None for n in client_negatives)
-                else None,
-                None if views is None else views[c],
-            )
-            updates.append(self._make_update(global_params, local, touched, weight))
+        for c in range(len(cohort)):
+            own = cohort.owner == c
+            inputs, targets = cohort.inputs[own], cohort.targets[own]
+            own_negatives = [n if n is None or n.dim() == 1 else n[own] for n in negatives]
+            views = cohort.views[c : c + 1] if cohort.views is not None and self.reads_views else None
+            params, state = dict(global_params), {}
+            for epoch in range(self.settings.local_epochs):
+                leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+                loss = self._client_loss(leaves, inputs, targets, own_negatives[epoch], views, global_params)
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+                grads = {
+                    k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads, strict=True)
+                }
+                params = functional_step(params, grads, state, epoch + 1, self.settings)
+            used = [n.flatten() for n in own_negatives if n is not None]
+            touched = self._touched(inputs, targets, torch.cat(used) if used else None, views)
+            updates.append(self._make_update(global_params, params, touched, float(cohort.weights[c])))
         return updates
 
-    # ------------------------------------------- per-client item vocabularies
-    def _local_vocabulary(self, inputs, targets, negatives, views=None):
-        """Remap each client's item ids to a small local table of the rows it touches.
 
-        With a sampled loss a client only ever reads the rows of its own items, its
-        negatives, its views' items (and the mask token, if the model has one): those
-        rows alone are copied, trained and uploaded. Local id 0 is padding, local id 1
-        the mask token.
-        """
-        num_clients = inputs.size(0)
-        rows = self.model.item_embedding.weight.size(0)
-        mask = int(self.always_rows[0]) if self.always_rows.numel() else None
-        vocabularies = []
-        for c in range(num_clients):
-            parts = [inputs[c].flatten(), targets[c].flatten()]
-            parts += [n.flatten() if n.dim() == 1 else n[c].flatten() for n in negatives if n is not None]
-            if views is not None:
-                parts.append(views[c].flatten())
-            ids = torch.unique(torch.cat(parts))
-            ids = ids[(ids > 0) & (ids != (mask if mask is not None else -1))]
-            head = [0] + ([mask] if mask is not None else [])
-            vocabularies.append(torch.cat([torch.tensor(head, dtype=torch.long), ids]))
-        size = max(v.numel() for v in vocabularies)
-        index = torch.zeros(num_clients, size, dtype=torch.long)
-        lookup = torch.zeros(num_clients, rows, dtype=torch.long)
-        for c, v in enumerate(vocabularies):
-            index[c, : v.numel()] = v
-            lookup[c, v] = torch.arange(v.numel())
-
-        def remap(ids: torch.Tensor) -> torch.Tensor:
-            if ids.dim() == 1:  # shared negatives become per-client local ids
-                return lookup[:, ids]
-            return torch.gather(lookup, 1, ids.reshape(num_clients, -1)).reshape(ids.shape)
-
-        vocab = _Vocabulary(index=index, sizes=[v.numel() for v in vocabularies], skip=len(head))
-        negatives = [None if n is None else remap(n) for n in negatives]
-        return vocab, remap(inputs), remap(targets), negatives, None if views is None else remap(views)
-
-    def _local_vocabulary_update(self, global_params, local, vocab, client: int, weight: float) -> ClientUpdate:
-        table = SPARSE_TABLES[0]
-        dense = {name: local[name].detach() - start for name, start in global_params.items() if name != table}
-        rows = vocab.index[client, 1 : vocab.sizes[client]]  # everything but padding
-        delta = local[table][1 : vocab.sizes[client]].detach() - global_params[table][rows]
-        order = torch.argsort(rows)
-        return ClientUpdate(dense=dense, sparse={table: (rows[order], delta[order])}, weight=weight)
-
-    @contextlib.contextmanager
-    def _mask_token(self, local_id: int | None):
-        """Inside a local table the mask token (CL4SRec, LUMOS) has local id 1."""
-        previous = getattr(self.model, "mask_token", None)
-        if local_id is not None and previous is not None:
-            self.model.mask_token = local_id
-        try:
-            yield
-        finally:
-            if previous is not None:
-                self.model.mask_token = previous
-
-    @staticmethod
-    def _per_client(negatives, cohort, slot, num_clients, max_windows):
-        if negatives is None or negatives.dim() == 1:
-            return negatives
-        out = torch.zeros(num_clients, max_windows, negatives.size(-1), dtype=torch.long)
-        out[cohort.owner, slot] = negatives
-        return out
-
-    def _step(self, params, grads, state, step):
-        lr = self.settings.lr
-        if self.settings.optimizer == "sgd":
-            return {k: p - lr * grads[k] for k, p in params.items()}
-        (b1, b2), out = _ADAM_BETAS, {}
-        for k, p in params.items():
-            m, v = state[k]
-            m.mul_(b1).add_(grads[k], alpha=1 - b1)
-            v.mul_(b2).addcmul_(grads[k], grads[k], value=1 - b2)
-            m_hat = m / (1 - b1**step)
-            denom = (v / (1 - b2**step)).sqrt() + _ADAM_EPS
-            out[k] = p - lr * m_hat / denom
-        return out
+def functional_step(
+    params: Mapping[str, torch.Tensor],
+    grads: Mapping[str, torch.Tensor],
+    state: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    step: int,
+    settings: LocalSettings,
+) -> dict[str, torch.Tensor]:
+    """One ``torch.optim.SGD`` / ``Adam`` step (default hyper-parameters, ``settings.lr``) as a
+    function: new parameter tensors; Adam's moments live in ``state`` (``step`` counts from 1)."""
+    lr = settings.lr
+    if settings.optimizer == "sgd":
+        return {k: p.detach() - lr * grads[k] for k, p in params.items()}
+    (b1, b2), out = _ADAM_BETAS, {}
+    for k, p in params.items():
+        if k not in state:
+            state[k] = (torch.zeros_like(p), torch.zeros_like(p))
+        m, v = state[k]
+        m.mul_(b1).add_(grads[k], alpha=1 - b1)
+        v.mul_(b2).addcmul_(grads[k], grads[k], value=1 - b2)
+        denom = (v / (1 - b2**step)).sqrt() + _ADAM_EPS
+        out[k] = p.detach() - lr * (m / (1 - b1**step)) / denom
+    return out

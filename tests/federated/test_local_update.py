@@ -114,7 +114,7 @@ def test_cohort_training_equals_one_by_one(tiny_sasrec, optimizer, loss):
     cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(4)])
     generator = torch.Generator().manual_seed(1)
     negatives = [trainer.draw_negatives(cohort.targets, generator) for _ in range(settings.local_epochs)]
-    together = trainer.train_cohort(start, cohort, negatives)
+    together = trainer.train_functional(start, cohort, negatives)
     # The attention key bias has a true gradient of 0 (softmax ignores a shift shared by all keys).
     # Adam divides by sqrt(v), so float noise of ~1e-9 there becomes a step of a sizeable share of
     # lr, and the second step carries it into the key weights. Adam is therefore compared at 1% of
@@ -212,7 +212,7 @@ def test_lumos_cohort_with_views_equals_one_by_one(tiny_data, loss):
     cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(4)])
     assert cohort.views.shape == (4, 4, config["MAX_ITEM_LIST_LENGTH"])
     negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1)) for _ in range(2)]
-    together = trainer.train_cohort(start, cohort, negatives)
+    together = trainer.train_functional(start, cohort, negatives)
     for c in range(4):
         own = cohort.owner == c
         alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], negatives, cohort.views[c : c + 1])

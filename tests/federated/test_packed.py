@@ -133,17 +133,17 @@ def test_cohort_updates_dispatch(tiny_sasrec, monkeypatch):
     model, partition = tiny_sasrec
     cohort = _cohort(partition)
     calls = []
-    monkeypatch.setattr(LocalTrainer, "train_cohort", lambda self, *args: calls.append("vmap") or [])
+    monkeypatch.setattr(LocalTrainer, "train_functional", lambda self, *args: calls.append("functional") or [])
     one_step = LocalTrainer(model, LocalSettings(local_epochs=1, loss="sampled_ce", num_negatives=8))
     updates = one_step.cohort_updates(one_step.global_params(), cohort, torch.Generator().manual_seed(0))
     assert len(updates) == len(cohort) and not calls
     two_steps = LocalTrainer(model, LocalSettings(local_epochs=2, loss="sampled_ce", num_negatives=8))
     two_steps.cohort_updates(two_steps.global_params(), cohort, torch.Generator().manual_seed(0))
-    assert calls == ["vmap"]
+    assert calls == ["functional"]
     model.all_positions_loss = lambda *args: None  # a model with its own loss is not packed
     assert not packed.supports(model)
     one_step.train_packed(one_step.global_params(), cohort, [None])
-    assert calls == ["vmap", "vmap"]
+    assert calls == ["functional", "functional"]
 
 
 def test_packed_step_applies_dropout(tiny_data):

@@ -91,7 +91,7 @@ def test_every_path_uploads_the_same_rows(tiny_data, variant, loss):
     negatives = [trainer.draw_negatives(cohort.targets, generator)]
     torch.manual_seed(3)
     packed = _rows(trainer.train_packed(start, cohort, negatives))
-    vmapped = _rows(trainer.train_cohort(start, cohort, negatives))
+    functional = _rows(trainer.train_functional(start, cohort, negatives))
     one_by_one = []
     for c in range(CLIENTS):
         own = cohort.owner == c
@@ -100,4 +100,4 @@ def test_every_path_uploads_the_same_rows(tiny_data, variant, loss):
         alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], own_negatives, views)
         one_by_one += _rows([alone])
     assert packed == one_by_one
-    assert vmapped == one_by_one
+    assert functional == one_by_one
