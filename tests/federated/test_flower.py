@@ -44,6 +44,7 @@ class LoopbackGrid(Grid):
             for i in range(parts)
         }
         self.delivered: list[str] = []
+        self.pending: dict[str, Message] = {}
         # What Flower's runtime sets in a ServerApp process: the run and this node (the SuperLink side).
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
 
@@ -60,19 +61,25 @@ class LoopbackGrid(Grid):
     def get_node_ids(self):
         return list(self.contexts)
 
-    def push_messages(self, messages):  # pragma: no cover - send_and_receive is used
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover
-        raise NotImplementedError
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = []
+    def push_messages(self, messages):
+        ids = []
         for message in messages:
-            node = message.metadata.dst_node_id
-            self.delivered.append(message.metadata.message_type)
-            replies.append(client_app(message, self.contexts[node]))
-        return replies
+            message.metadata.__dict__["_message_id"] = message.object_id  # what Flower's grid does
+            self.pending[message.metadata.message_id] = message
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        """Each call answers one pending message, the last pushed first (replies arrive out of order)."""
+        waiting = [i for i in message_ids if i in self.pending]
+        if not waiting:
+            return []
+        message = self.pending.pop(waiting[-1])
+        self.delivered.append(message.metadata.message_type)
+        return [client_app(message, self.contexts[message.metadata.dst_node_id])]
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - push/pull are used
+        raise NotImplementedError
 
 
 @pytest.mark.parametrize("parts", [1, 3])
@@ -83,6 +90,7 @@ def test_flower_run_equals_the_in_process_engine(tiny_data, tmp_path, parts):
     grid = LoopbackGrid(run_config, parts)
     flower = run_server(grid, run_config)
     assert grid.delivered.count("query") == parts and grid.delivered.count("train") == 3 * parts
+    assert len(list((tmp_path / "flower-node-cache").glob("node-*.pt"))) == parts  # each node cached its data
     assert [p["epoch"] for p in flower["valid_curve"]] == [p["epoch"] for p in in_process.valid_curve]
     for ours, theirs in zip(flower["valid_curve"], in_process.valid_curve, strict=True):
         assert ours["ndcg@5"] == pytest.approx(theirs["ndcg@5"], abs=1e-4)
@@ -115,3 +123,116 @@ def test_a_node_refuses_users_it_does_not_host(tiny_data):
     )
     with pytest.raises(ValueError, match="not hosted on partition 0 of 2"):  # user 1 lives on partition 1
         client_app(grid.create_message(content, "train", 1, "0"), grid.contexts[1])
+
+
+def best_and_stop(curve: list[float], bigger: bool, patience: int) -> tuple[int, int]:
+    """``(best round, rounds run)`` of early stopping with a validation every round."""
+    best, best_round, waited = None, -1, 0
+    for round_index, value in enumerate(curve):
+        if best is None or (value > best if bigger else value < best):
+            best, best_round, waited = value, round_index, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    return best_round, round_index + 1
+
+
+def test_flower_early_stopping_follows_the_metric_direction(tiny_data, tmp_path, monkeypatch):
+    """Smaller is better (``valid_metric_bigger: False``): the best round is the lowest value,
+    and the run stops after ``federated_stopping_step`` validations that do not go down.
+
+    RecBole sets ``valid_metric_bigger`` from the metric's name (False for GiniIndex,
+    AveragePopularity, ...), but RecBole 1.2.1 cannot evaluate those ranking metrics
+    (``Collector.get_data_struct`` calls ``.cpu()`` on an int), so the test flips the flag on
+    the run's config: NDCG@5 rises on this data, so the two directions disagree."""
+    from recbole_lumos.federated.flower import experiment
+
+    overrides = {
+        **TINY,
+        "data_path": str(tiny_data),
+        "checkpoint_dir": str(tmp_path),
+        "federated_stopping_step": 1,
+        "epochs": 5,
+    }
+    run_config = {"model": "FedSASRec", "dataset": "tiny", "overrides": json.dumps(overrides)}
+    config = experiment(run_config)[0]  # the ServerApp's config (built once per process)
+    monkeypatch.setitem(config.final_config_dict, "valid_metric_bigger", False)
+    flower = run_server(LoopbackGrid(run_config, 2), run_config)
+    curve = [p["ndcg@5"] for p in flower["valid_curve"]]
+    assert len(curve) == flower["rounds"]
+    assert (flower["best_round"], flower["rounds"]) == best_and_stop(curve, bigger=False, patience=1)
+    assert flower["best_valid_result"]["ndcg@5"] == pytest.approx(curve[flower["best_round"]], abs=1e-4)
+    assert best_and_stop(curve, bigger=False, patience=1) != best_and_stop(curve, bigger=True, patience=1)
+
+
+def _same_node_data(a, b) -> None:
+    assert type(a.model) is type(b.model)
+    for (name, x), (other, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert name == other
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+    assert a.partition.max_len == b.partition.max_len and a.partition.skipped_users == b.partition.skipped_users
+    assert len(a.partition) == len(b.partition)
+    for x, y in zip(a.partition.clients, b.partition.clients, strict=True):
+        assert x.user == y.user
+        for field in ("history", "inputs", "targets", "views"):
+            left, right = getattr(x, field), getattr(y, field)
+            assert (left is None) == (right is None), field
+            if left is not None:
+                assert torch.equal(left, right), field
+
+
+def test_a_node_caches_its_data_and_rebuilds_a_bad_cache(tiny_data, tmp_path, monkeypatch):
+    """Flower starts a fresh ClientApp process per message: the node's prepared data (model
+    skeleton and its shard of clients) comes from a checksummed file keyed by everything it
+    depends on; a corrupt, truncated or stale file is rebuilt, never used."""
+    import os
+
+    from recbole_lumos.data.partition import ClientPartition, training_histories
+    from recbole_lumos.federated import flower
+
+    overrides = {**TINY, "data_path": str(tiny_data), "checkpoint_dir": str(tmp_path / "saved")}
+    run_config = {"model": "FedSASRec", "dataset": "tiny", "overrides": json.dumps(overrides)}
+    folder = tmp_path / "saved" / "flower-node-cache"
+
+    def load():
+        return flower.load_node_data(run_config, flower.node_config(run_config), 1, 2)
+
+    built, source = load()
+    assert source == "built"
+    (path,) = folder.glob("node-1of2-*.pt")
+    # The shard: users u % 2 == 1, with the same clients as the whole partition has for them.
+    _, _, train_data, _, _ = flower.experiment(run_config)
+    everyone = ClientPartition(training_histories(train_data._dataset), TINY["MAX_ITEM_LIST_LENGTH"])
+    assert [c.user for c in built.partition.clients] == [c.user for c in everyone.clients if c.user % 2 == 1]
+
+    def no_build(*args):
+        raise AssertionError("rebuilt although the cache is valid")
+
+    with monkeypatch.context() as patch:  # a second process: the data comes from the file alone
+        patch.setattr(flower, "build_node_data", no_build)
+        cached, source = load()
+    assert source == "cache"
+    _same_node_data(built, cached)
+
+    raw = path.read_bytes()
+    for bad in (raw[: len(raw) // 2], raw[:-20] + bytes(b ^ 0xFF for b in raw[-20:]), b"not a cache"):
+        path.write_bytes(bad)
+        again, source = load()
+        assert source == "built"
+        _same_node_data(built, again)
+        assert load()[1] == "cache"  # the rebuilt file is good
+
+    with pytest.raises(ValueError, match="another format or key"):
+        flower.read_node_data(path, "0" * 64)
+
+    inter = tiny_data / "tiny" / "tiny.inter"  # the data changed on disk: a new key, so rebuilt
+    stat = inter.stat()
+    os.utime(inter, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert load()[1] == "built"
+    assert len(list(folder.glob("node-1of2-*.pt"))) == 2
+
+    off = {**run_config, "node-cache": "off"}
+    data, source = flower.load_node_data(off, flower.node_config(off), 0, 2)
+    assert source == "built, no cache" and not list(folder.glob("node-0of2-*"))
+    assert all(c.user % 2 == 0 for c in data.partition.clients)
