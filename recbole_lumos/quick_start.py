@@ -28,6 +28,7 @@ from recbole.utils import get_local_time, get_trainer, init_logger, init_seed, s
 from recbole_lumos.config import build_config
 from recbole_lumos.data.atomic_files import ensure_dataset
 from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated.client_model import needs_views
 from recbole_lumos.model.registry import resolve_model
 
 
@@ -214,7 +215,7 @@ def run_model(
     if train_mode not in ("prefix", "all_positions"):
         raise ConfigurationError(f"train_mode must be 'prefix' or 'all_positions', got {train_mode!r}.")
     extra: dict[str, Any] = {"train_mode": train_mode, "federated": federated}
-    if train_mode == "prefix" and getattr(recommender, "needs_views", False):
+    if train_mode == "prefix" and needs_views(recommender):
         raise ConfigurationError(
             f"{spec.name} trains in all_positions mode only (its views are joined by user, not by prefix): "
             "drop --train_mode=prefix, or pass --federated=False for central all-position training."

@@ -56,6 +56,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from recbole_lumos.data.partition import ClientPartition, RoundSampler, collate_cohort, training_histories
 from recbole_lumos.federated.aggregators import build_aggregator
+from recbole_lumos.federated.client_model import needs_views
 from recbole_lumos.federated.client_round import PrivacySettings, train_cohort_round
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
 from recbole_lumos.federated.server_optimizer import apply_aggregate, build_server_optimizer
@@ -178,7 +179,7 @@ def build_node_data(run_config: Mapping[str, Any], part: int, parts: int) -> Nod
     model = copy.deepcopy(model)
     histories = {u: h for u, h in training_histories(train_data._dataset).items() if hosts(u, part, parts)}
     blocks = None
-    if getattr(model, "needs_views", False):
+    if needs_views(model):
         from recbole_lumos.data.view_blocks import view_blocks
         from recbole_lumos.generation import ensure_views
 

@@ -34,6 +34,7 @@ from recbole_lumos.data.view_blocks import view_blocks
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.allocator import keep_freed_memory
 from recbole_lumos.federated.callbacks import AggregationCallback, RunClock, RunFolderCheckpoint
+from recbole_lumos.federated.client_model import needs_views
 from recbole_lumos.federated.module import SequentialRecModule
 
 # Keys that do not change what is trained (so they do not change the run folder).
@@ -188,7 +189,7 @@ def run_lightning(
     histories = training_histories(train_data._dataset)
     max_len = int(config["MAX_ITEM_LIST_LENGTH"])
     blocks, generation = None, None
-    if getattr(model, "needs_views", False):
+    if needs_views(model):
         # Views come from each user's training history only (the train split).
         from recbole_lumos.generation import ensure_views
 
