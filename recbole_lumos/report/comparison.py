@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recbole_lumos.report.plots import write_plots
+from recbole_lumos.report.stats import mean_std, paired_t_test, relative_gain, time_cell, total_bytes_per_client
+
 METRICS = ("hit@10", "hit@20", "ndcg@10", "ndcg@20")
 KEY_METRIC = "ndcg@20"
 SIGNIFICANCE = 0.05
@@ -42,41 +45,6 @@ class ModelSummary:
     def by_seed(self, split: str, metric: str) -> dict[int, float]:
         key = "test_result" if split == "test" else "best_valid_result"
         return {int(run["seed"]): float(run[key][metric]) for run in self.runs}
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value, NaN for none)."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def time_cell(runs: Sequence[dict], key: str) -> str:
-    """Mean of a time field (``wall_time_s``, ``cpu_time_s``) over runs, whole seconds.
-
-    Blank when a run did not record it; prefixed with ``>=`` when a run resumed from a
-    checkpoint older than the run clock, so its time covers the last segment only.
-    """
-    values = [r.get(key) for r in runs]
-    if not values or any(v is None for v in values):
-        return ""
-    partial = any(r.get("time_complete", True) is False for r in runs)
-    return f"{'>=' if partial else ''}{statistics.fmean(values):.0f}"
-
-
-def relative_gain(candidate: float, baseline: float) -> float:
-    """``(candidate - baseline) / baseline``."""
-    return (candidate - baseline) / baseline if baseline else math.nan
-
-
-def paired_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Paired two-sided t-test of ``a`` against ``b`` (same seeds): ``(t, p)``; NaN below 2 pairs."""
-    if len(a) != len(b) or len(a) < 2:
-        return math.nan, math.nan
-    from scipy import stats
-
-    result = stats.ttest_rel(a, b)
-    return float(result.statistic), float(result.pvalue)
 
 
 class ComparisonStore:
@@ -157,14 +125,6 @@ def results_rows(rows: Sequence[ModelSummary]) -> list[dict[str, Any]]:
     return records
 
 
-def total_bytes_per_client(run: dict) -> float:
-    """Bytes sent up and down over the whole run, divided by the number of clients (federated)."""
-    traffic = run.get("traffic") or []
-    clients = run.get("num_clients") or 0
-    total = sum(t["bytes_up_round"] + t["bytes_down_round"] for t in traffic)
-    return total / clients if clients else math.nan
-
-
 def gains_table(rows: Sequence[ModelSummary], candidate: str, metric: str = KEY_METRIC) -> str:
     """Relative gain of ``candidate`` over every other row on test ``metric``, with a paired t-test.
     Empty when there is nothing to compare: no runs of ``candidate``, or no other row with runs."""
@@ -236,7 +196,5 @@ def write_outputs(store: ComparisonStore, models: Sequence[str], seeds: Sequence
     if gains:
         text += "\n\n" + gains
     (store.folder / "results.md").write_text(text + "\n")
-    from recbole_lumos.report.plots import write_plots
-
     write_plots(store.folder, rows)
     return text

@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from recbole_lumos.report.stats import mean_std, total_bytes_per_client
+
 ABLATION_ORDER = ("LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-noC", "LUMOS-central")
 
 
@@ -41,8 +43,6 @@ def write_plots(folder: Path, rows: Sequence) -> list[Path]:
     except ImportError:
         logging.getLogger().info("matplotlib is not installed (pip install -e '.[plot]'): no plots written")
         return []
-    from recbole_lumos.report.comparison import mean_std, total_bytes_per_client
-
     written = []
     rows = [row for row in rows if row.runs]
 
