@@ -186,7 +186,8 @@ class LocalTrainer:
         one_by_one: bool = False,
     ) -> list[ClientUpdate]:
         """Every client's update for one cohort: negatives drawn once per local epoch and
-        shared by the cohort, clients trained one by one (reference), packed or functionally (:meth:`train_packed`, :meth:`train_functional`).
+        shared by the cohort, clients trained one by one (the reference), packed
+        (:meth:`train_packed`) or functionally (:meth:`train_functional`).
         ``self.model`` holds the global weights again afterwards."""
         negatives = [self.draw_negatives(cohort.targets, generator) for _ in range(self.settings.local_epochs)]
         if not one_by_one and len(cohort) > 1:
