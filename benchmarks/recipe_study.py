@@ -14,6 +14,9 @@ final valid NDCG@20 (its best), in rounds and in wall seconds (the run's wall ti
 scaled by the share of rounds, so validations are spread evenly).
 
     python benchmarks/recipe_study.py "sampled (today)=results/ml-1m-comparison" ml-1m-ce=saved/recipe/ml-1m-ce
+
+``--gap federated=FOLDER:MODEL central=FOLDER:MODEL`` prints instead the paired gap of test NDCG@20
+between two sets of runs over their common seeds (per seed, mean ± std, relative gap, paired t-test).
 """
 
 from __future__ import annotations
@@ -63,12 +66,50 @@ def rows(label: str, folder: Path, model: str | None) -> list[list[str]]:
     return out
 
 
+def _test_by_seed(spec: str) -> tuple[str, dict[int, float]]:
+    label, _, where = spec.partition("=")
+    folder, _, model = where.rpartition(":")
+    out = {}
+    for path in sorted((Path(folder) / "runs").glob(f"{model}-seed*.json")):
+        run = json.loads(path.read_text())
+        if run.get("model") == model and "test_result" in run:
+            out[int(run["seed"])] = float(run["test_result"][METRIC])
+    return label, out
+
+
+def gap_table(candidate: str, reference: str) -> str:
+    """Per-seed test NDCG@20 of two sets of runs, their means and the paired relative gap."""
+    from recbole_lumos.report.stats import mean_std, paired_t_test, relative_gain
+
+    (name_a, a), (name_b, b) = _test_by_seed(candidate), _test_by_seed(reference)
+    seeds = sorted(set(a) & set(b))
+    xs, ys = [a[s] for s in seeds], [b[s] for s in seeds]
+    (ma, sa), (mb, sb) = mean_std(xs), mean_std(ys)
+    t, p = paired_t_test(xs, ys)
+    per_seed = ", ".join(f"{s}: {a[s]:.4f} / {b[s]:.4f}" for s in seeds)
+    return "\n".join(
+        [
+            f"| {name_a} | {name_b} | seeds | gap | t | p | per seed ({name_a} / {name_b}) |",
+            "|---|---|---|---|---|---|---|",
+            f"| {ma:.4f} ± {sa:.4f} | {mb:.4f} ± {sb:.4f} | {len(seeds)} | {100 * relative_gain(ma, mb):+.1f}% "
+            f"| {t:.2f} | {p:.3f} | {per_seed} |",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", help="label=folder")
+    parser.add_argument("folders", nargs="+", help="label=folder (with --gap: label=folder:Model, twice)")
+    parser.add_argument("--gap", action="store_true", help="paired test NDCG@20 gap of two sets of runs")
     parser.add_argument("--model", default=None, help="only this model's runs (e.g. FedSASRec)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
+    if args.gap:
+        table = gap_table(*args.folders)
+        print(table)
+        if args.out:
+            args.out.write_text(table + "\n")
+        return
     header = [
         "recipe",
         "model",
