@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from recbole_lumos.errors import LanguageModelError
-from recbole_lumos.generation.language_model import _first_line, model_identity
+from recbole_lumos.generation.language_model import _first_line, generator_device, model_identity
 from recbole_lumos.generation.settings import GeneratorSettings
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def load_item_encoder(name: str, settings: GeneratorSettings) -> TextEncoder:
         ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model.to(generator_device(settings)).eval()
     return TextEncoder(
         model,
         tokenizer,

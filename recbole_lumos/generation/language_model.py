@@ -136,7 +136,10 @@ def adapter_identity(adapter: str | None) -> str | None:
     return f"{folder.resolve()}#{digest.hexdigest()[:12]}"
 
 
-def _device() -> torch.device:
+def generator_device(settings: GeneratorSettings) -> torch.device:
+    """RecBole's device when the settings come from its config (``use_gpu``, ``gpu_id``), else a GPU if any."""
+    if settings.device is not None:
+        return torch.device(settings.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -145,7 +148,7 @@ def load_language_model(config_or_args: Any) -> tuple[torch.nn.Module, Any]:
 
     ``config_or_args`` is a RecBole ``Config``, a mapping, a namespace or a
     :class:`GeneratorSettings` with the ``lumos_llm*`` keys. The model is returned in
-    eval mode on the GPU when there is one; the tokenizer pads on the left (batched
+    eval mode on RecBole's device (``use_gpu``, ``gpu_id``); the tokenizer pads on the left (batched
     generation) and always has a pad token. Any failure is a
     :class:`~recbole_lumos.errors.LanguageModelError` that names what was tried.
     """
@@ -179,7 +182,7 @@ def load_language_model(config_or_args: Any) -> tuple[torch.nn.Module, Any]:
         model.resize_token_embeddings(len(tokenizer))
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.to(_device())
+    model.to(generator_device(settings))
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer

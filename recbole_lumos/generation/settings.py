@@ -52,6 +52,9 @@ class GeneratorSettings:
     lumos_prompt_version: int = 1
     lumos_cache_dir: str = "saved/views"
     lumos_max_users: int | None = None
+    device: str | None = None
+    """RecBole's ``device`` (it follows ``use_gpu`` and ``gpu_id``): where the language model runs, and what
+    ``lumos_generation: auto`` reads. ``None`` (no RecBole config): a GPU when there is one."""
     show_progress: bool = True
     data_filters: tuple = ()
     """RecBole keys that change which interactions survive loading (part of the split)."""
@@ -70,7 +73,7 @@ class GeneratorSettings:
                 continue
             value = _lookup(config, field.name)
             if value is not None:
-                values[field.name] = value
+                values[field.name] = str(value) if field.name == "device" else value
         values["data_filters"] = tuple(
             (key, repr(_lookup(config, key))) for key in _DATA_FILTER_KEYS if _lookup(config, key) is not None
         )

@@ -57,11 +57,18 @@ class ViewSet:
     """``prompt`` or ``semantic``: the mode actually used."""
 
 
-def resolve_mode(setting: str) -> str:
-    """``auto`` means prompt on a GPU (fast decoding) and semantic on a CPU (minutes instead of hours)."""
-    if setting == "auto":
-        return "prompt" if torch.cuda.is_available() else "semantic"
-    return setting
+def resolve_mode(setting: str, device: str | None = None) -> tuple[str, str]:
+    """``(mode, why)``. ``auto`` follows RecBole's device (``use_gpu``, ``gpu_id``): prompt views on a
+    GPU (fast decoding), semantic views on a CPU (minutes instead of hours). ``why`` is for the log."""
+    if setting != "auto":
+        return setting, f"lumos_generation={setting}"
+    where = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if where.type == "cuda":
+        return "prompt", f"lumos_generation=auto and RecBole's device is {where}: prompt views (decoding on the GPU)"
+    return "semantic", (
+        f"lumos_generation=auto and RecBole's device is {where} (use_gpu=False or no CUDA): semantic views "
+        "(prompt views take hours on a CPU; --lumos_generation=prompt forces them)"
+    )
 
 
 class _GeneratorSession:
@@ -101,7 +108,7 @@ def views_file_for(settings: GeneratorSettings, mode: str) -> ViewsFile:
 
 def cached_views_file(settings: GeneratorSettings, what_to_do: str) -> tuple[str, ViewsFile]:
     """``(mode, file)`` of views that must already exist: the diagnostics read views, never generate them."""
-    mode = resolve_mode(settings.lumos_generation)
+    mode, _ = resolve_mode(settings.lumos_generation, settings.device)
     views_file = views_file_for(settings, mode)
     if not views_file.path.is_file():
         raise ConfigurationError(
@@ -123,8 +130,8 @@ def ensure_views(config: Any, dataset: Any, train_dataset: Any, *, max_users: in
     """
     start = time.perf_counter()
     settings = GeneratorSettings.from_config(config)
-    mode = resolve_mode(settings.lumos_generation)
-    logger.info("views: %s mode (lumos_generation=%s)", mode, settings.lumos_generation)
+    mode, why = resolve_mode(settings.lumos_generation, settings.device)
+    logger.info("views: %s mode (%s)", mode, why)
 
     histories = training_histories(train_dataset)
     user_ids = sorted(histories)

@@ -287,3 +287,23 @@ def test_a_sentence_encoder_replaces_the_language_model_in_semantic_mode(prepare
     view_set = ensure_views(config, dataset, train, max_users=5)
     assert_layout(view_set, dataset, train, config)
     assert json.loads(view_set.path.with_suffix(".json").read_text())["key"]["embedding"]["encoder"] == str(tiny_lm)
+
+
+def test_auto_follows_recbole_device_and_says_why():
+    from recbole_lumos.generation.views import resolve_mode
+
+    mode, why = resolve_mode("auto", "cpu")
+    assert mode == "semantic" and "use_gpu=False" in why
+    mode, why = resolve_mode("auto", "cuda:1")  # RecBole's device on a GPU machine (use_gpu, gpu_id)
+    assert mode == "prompt" and "cuda:1" in why
+    assert resolve_mode("prompt", "cpu")[0] == "prompt"
+
+
+def test_generator_settings_carry_recbole_device(tiny_data):
+    from recbole_lumos.config import build_config
+    from recbole_lumos.generation.language_model import generator_device
+    from recbole_lumos.generation.settings import GeneratorSettings
+
+    config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), "use_gpu": False})
+    settings = GeneratorSettings.from_config(config)
+    assert settings.device == "cpu" and generator_device(settings).type == "cpu"
