@@ -218,23 +218,7 @@ class LocalTrainer:
         if self.settings.local_epochs != 1 or not packed.supports(self.model):
             return self.train_functional(global_params, cohort, negatives)
         num_clients = len(cohort)
-        blocks = None
-        if not self.plain:
-            blocks = self.model.client_blocks(cohort.inputs, cohort.owner, num_clients, cohort.views)
-        grads = packed.cohort_gradients(
-            self.model,
-            global_params,
-            cohort.inputs,
-            cohort.targets,
-            cohort.owner,
-            num_clients,
-            self.settings.loss,
-            negatives[0],
-            SPARSE_TABLES if self.settings.uploads_sparse else (),
-            blocks=blocks,
-            block_losses=None if blocks is None else self.model.client_block_losses,
-            always_rows=self.always_rows,
-        )
+        grads = self._packed_gradients(global_params, cohort, negatives[0])
 
         def step(g: torch.Tensor) -> torch.Tensor:
             return packed.first_step(g, self.settings.optimizer, self.settings.lr, _ADAM_BETAS, _ADAM_EPS)
@@ -252,6 +236,41 @@ class LocalTrainer:
             )
             for c in range(num_clients)
         ]
+
+    def _packed_gradients(
+        self, global_params: Mapping[str, torch.Tensor], cohort: Cohort, negatives: torch.Tensor | None
+    ) -> packed.CohortGradients:
+        """Every client's gradient at the global weights, from one packed forward/backward."""
+        blocks = None
+        if not self.plain:
+            blocks = self.model.client_blocks(cohort.inputs, cohort.owner, len(cohort), cohort.views)
+        return packed.cohort_gradients(
+            self.model,
+            global_params,
+            cohort.inputs,
+            cohort.targets,
+            cohort.owner,
+            len(cohort),
+            self.settings.loss,
+            negatives,
+            SPARSE_TABLES if self.settings.uploads_sparse else (),
+            blocks=blocks,
+            block_losses=None if blocks is None else self.model.client_block_losses,
+            always_rows=self.always_rows,
+        )
+
+    @staticmethod
+    def _client_gradient(
+        grads: packed.CohortGradients, global_params: Mapping[str, torch.Tensor], client: int
+    ) -> dict[str, torch.Tensor]:
+        """One client's full-shape gradient out of a packed pass (its sparse rows scattered)."""
+        out = {name: g[client] for name, g in grads.dense.items()}
+        for name, (rows, values, counts) in grads.sparse.items():
+            start = sum(counts[:client])
+            full = torch.zeros_like(global_params[name])
+            full[rows[start : start + counts[client]]] = values[start : start + counts[client]]
+            out[name] = full
+        return out
 
     # ------------------------------------------------ any number of local steps
     def _client_loss(self, params, inputs, targets, negatives, views, global_params):
@@ -272,7 +291,12 @@ class LocalTrainer:
         model is called functionally on the client's own weights (``torch.func.functional_call``)
         and stepped by :func:`functional_step`. The same maths as :meth:`train_client` without
         ``torch.optim`` and without copying weights in and out of the module, which is what
-        makes several local steps cheap (``benchmarks/local_steps.py``)."""
+        makes several local steps cheap (``benchmarks/local_steps.py``). Where the packed pass
+        can train the model, every client's first step comes from it (all clients start from
+        the same weights, so one pass serves them all) and only steps 2..k run one by one."""
+        first = None
+        if len(cohort) > 1 and packed.supports(self.model):
+            first = self._packed_gradients(global_params, cohort, negatives[0])
         updates = []
         for c in range(len(cohort)):
             own = cohort.owner == c
@@ -280,7 +304,10 @@ class LocalTrainer:
             own_negatives = [n if n is None or n.dim() == 1 else n[own] for n in negatives]
             views = cohort.views[c : c + 1] if cohort.views is not None and self.reads_views else None
             params, state = dict(global_params), {}
-            for epoch in range(self.settings.local_epochs):
+            if first is not None:
+                step_one = self._client_gradient(first, global_params, c)
+                params = functional_step(params, step_one, state, 1, self.settings)
+            for epoch in range(0 if first is None else 1, self.settings.local_epochs):
                 leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
                 loss = self._client_loss(leaves, inputs, targets, own_negatives[epoch], views, global_params)
                 grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
