@@ -240,16 +240,25 @@ class LocalTrainer:
     def _packed_gradients(
         self, global_params: Mapping[str, torch.Tensor], cohort: Cohort, negatives: torch.Tensor | None
     ) -> packed.CohortGradients:
-        """Every client's gradient at the global weights, from one packed forward/backward."""
-        blocks = None
+        """Every client's gradient at the global weights, from one packed forward/backward.
+
+        A model's view windows (LUMOS's ``lumos_aug_weight``) join the cohort's windows,
+        each client's weighted by ``weight / its view positions`` (its own windows by
+        ``1 / its positions``): the per-client loss of :meth:`train_client`."""
+        blocks = items = None
         if not self.plain:
             blocks = self.model.client_blocks(cohort.inputs, cohort.owner, len(cohort), cohort.views)
+            block_items = getattr(self.model, "block_items", None)
+            items = None if blocks is None or block_items is None else block_items(blocks[0])
+        inputs, targets, owner, scale = cohort.inputs, cohort.targets, cohort.owner, None
+        if not self.plain and getattr(self.model, "aug_weight", 0) > 0:
+            inputs, targets, owner, negatives, scale = self._with_view_windows(cohort, negatives)
         return packed.cohort_gradients(
             self.model,
             global_params,
-            cohort.inputs,
-            cohort.targets,
-            cohort.owner,
+            inputs,
+            targets,
+            owner,
             len(cohort),
             self.settings.loss,
             negatives,
@@ -257,6 +266,31 @@ class LocalTrainer:
             blocks=blocks,
             block_losses=None if blocks is None else self.model.client_block_losses,
             always_rows=self.always_rows,
+            window_scale=scale,
+            block_items=items,
+        )
+
+    def _with_view_windows(self, cohort: Cohort, negatives: torch.Tensor | None):
+        """The cohort's windows followed by its clients' view windows, and every window's weight."""
+        aug = self.model.augmented_windows(cohort.views, negatives, cohort.owner)
+        width = max(cohort.inputs.size(1), aug.inputs.size(1))
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - t.size(1)))
+
+        clients = len(cohort)
+        own = torch.zeros(clients, dtype=torch.float64, device=cohort.inputs.device)
+        own.index_add_(0, cohort.owner, (cohort.targets > 0).sum(1).double())
+        viewed = torch.zeros_like(own).index_add_(0, aug.owner, (aug.targets > 0).sum(1).double())
+        scale = torch.cat([1 / own.clamp(min=1)[cohort.owner], self.model.aug_weight / viewed.clamp(min=1)[aug.owner]])
+        if self.settings.loss == "bce":
+            negatives = torch.cat([padded(negatives), padded(aug.negatives)])
+        return (
+            torch.cat([padded(cohort.inputs), padded(aug.inputs)]),
+            torch.cat([padded(cohort.targets), padded(aug.targets)]),
+            torch.cat([cohort.owner, aug.owner]),
+            negatives,
+            scale,
         )
 
     @staticmethod

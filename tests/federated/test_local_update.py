@@ -178,14 +178,13 @@ def test_windows_train_every_position_once_with_enough_context(stride):
     assert sorted(trained) == list(range(2, 38))  # each position exactly once
 
 
-def _lumos_with_views(tiny_data, **extra):
+def _lumos_with_views(tiny_data, counterfactuals: int = 1, **extra):
     """A tiny LUMOS and a partition whose clients carry hand-made view blocks."""
     from recbole_lumos.data.view_blocks import view_blocks
     from recbole_lumos.model.lumos import LUMOS
 
-    config = build_config(
-        "LUMOS", "tiny", overrides={"data_path": str(tiny_data), **SMALL, "lambda_cl": 0.5, **extra}
-    )
+    overrides = {"data_path": str(tiny_data), **SMALL, "lambda_cl": 0.5, "lumos_num_counterfactuals": counterfactuals}
+    config = build_config("LUMOS", "tiny", overrides={**overrides, **extra})
     train_data, _, _ = data_preparation(config, create_dataset(config))
     dataset = train_data._dataset
     torch.manual_seed(0)
@@ -200,6 +199,12 @@ def _lumos_with_views(tiny_data, **extra):
         for user, h in histories.items()
     }
     blocks = view_blocks(histories, views, dataset, config["MAX_ITEM_LIST_LENGTH"])
+    for user, block in blocks.items():  # counterfactuals 2..n_c: the first one shifted again
+        extra = [
+            torch.where(block[3] > 0, (block[3] + 5 * k) % (model.n_items - 1) + 1, 0)
+            for k in range(1, counterfactuals)
+        ]
+        blocks[user] = torch.cat([block[:4], *[row.unsqueeze(0) for row in extra]])
     return model, config, ClientPartition(histories, config["MAX_ITEM_LIST_LENGTH"], views=blocks)
 
 
@@ -225,8 +230,10 @@ def test_lumos_cohort_with_views_equals_one_by_one(tiny_data, loss):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("loss, sim, views", [("ce", "cos", ["F", "R", "C"]), ("sampled_ce", "dot", ["R", "C"]),
-                                               ("sampled_ce", "cos", ["F", "C"])])
+@pytest.mark.parametrize(
+    "loss, sim, views",
+    [("ce", "cos", ["F", "R", "C"]), ("sampled_ce", "dot", ["R", "C"]), ("sampled_ce", "cos", ["F", "C"])],
+)
 def test_lumos_packed_step_equals_one_by_one(tiny_data, monkeypatch, optimizer, loss, sim, views):
     """The packed path adds each client's own tri-view term: same update as training it alone."""
     from recbole_lumos.federated import packed
@@ -255,6 +262,51 @@ def test_lumos_packed_step_equals_one_by_one(tiny_data, monkeypatch, optimizer, 
     with_views = packed.cohort_gradients(*args, blocks=blocks, block_losses=model.client_block_losses)
     without = packed.cohort_gradients(*args)
     assert not torch.allclose(with_views.dense["LayerNorm.weight"], without.dense["LayerNorm.weight"])
+
+
+@pytest.mark.parametrize(
+    "loss, counterfactuals, extra",
+    [
+        ("ce", 3, {"lumos_item_negatives": 6}),
+        ("sampled_ce", 4, {"lumos_item_negatives": 3, "sim": "dot"}),
+        ("sampled_ce", 2, {"lumos_aug_weight": 0.5, "lumos_aug_views": ["F", "R"]}),
+        ("bce", 2, {"lumos_aug_weight": 0.3, "lumos_aug_views": ["F", "R"], "lumos_aug_f_targets": True}),
+        ("ce", 1, {"lumos_aug_weight": 0.7, "lambda_cl": 0.0}),
+        ("bce", 3, {"lumos_item_negatives": 5, "lumos_aug_weight": 0.2}),
+    ],
+)
+def test_lumos_counterfactuals_items_and_view_windows_packed_equal_one_by_one(
+    tiny_data, monkeypatch, loss, counterfactuals, extra
+):
+    """n_c counterfactual rows, item-level negatives and next-item windows on the views: the
+    packed step gives every client the update it gets trained alone."""
+    from recbole_lumos.federated import packed
+
+    monkeypatch.setattr(packed, "CHUNK_WINDOWS", 7)
+    model, config, partition = _lumos_with_views(tiny_data, counterfactuals, **extra)
+    settings = LocalSettings(local_epochs=1, optimizer="sgd", lr=0.05, loss=loss, num_negatives=16)
+    trainer = LocalTrainer(model, settings)
+    assert not trainer.plain
+    start = trainer.global_params()
+    cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(5)])
+    assert cohort.views.shape[1] == 3 + counterfactuals
+    negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1))]
+    together = trainer.train_packed(start, cohort, negatives)
+    for c in range(len(cohort)):
+        own = cohort.owner == c
+        own_negatives = [n if n is None or n.dim() == 1 else n[own] for n in negatives]
+        alone = trainer.train_client(
+            start, cohort.inputs[own], cohort.targets[own], own_negatives, cohort.views[c : c + 1]
+        )
+        for name, delta in alone.dense.items():
+            torch.testing.assert_close(together[c].dense[name], delta, rtol=1e-4, atol=1e-6, msg=name)
+        for name, (rows, values) in alone.sparse.items():
+            assert torch.equal(together[c].sparse[name][0], rows), name
+            torch.testing.assert_close(together[c].sparse[name][1], values, rtol=1e-4, atol=1e-6, msg=name)
+    plain = LocalTrainer(model, settings)
+    plain.plain = True  # the same clients without any view term
+    baseline = plain.train_packed(start, cohort, negatives)
+    assert not torch.allclose(together[0].dense["LayerNorm.weight"], baseline[0].dense["LayerNorm.weight"])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

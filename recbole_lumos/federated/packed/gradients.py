@@ -47,8 +47,9 @@ class CohortGradients:
     client, each client's row ids sorted."""
 
 
-def _chunk_gradients(model, params, fused, inputs, targets, owner, kind, negatives, positions, acc, shared):
-    """Add one chunk of windows' per-client gradients to ``acc`` (and ``shared``: candidate rows)."""
+def _chunk_gradients(model, params, fused, inputs, targets, owner, kind, negatives, scale, acc, shared):
+    """Add one chunk of windows' per-client gradients to ``acc`` (and ``shared``: candidate rows);
+    ``scale[w]`` weighs every loss of window ``w``."""
     windows, length = inputs.shape
     token_owner = owner.repeat_interleave(length)
     tokens = _Segments(token_owner, owner)
@@ -68,7 +69,7 @@ def _chunk_gradients(model, params, fused, inputs, targets, owner, kind, negativ
         if kind == "bce":
             negatives = negatives[:, plan.start :].reshape(-1)[plan.kept]
         losses, leaves, logits = position_losses(hidden, kept_targets, item_weights, kind, negatives)
-        total = (losses / positions[plan.kept_owner]).sum()
+        total = (losses * scale.repeat_interleave(length - plan.start)[plan.kept]).sum()
         wrt = [embedded, *(r.out for r in records), *(rows for _, rows in leaves)]
         wrt += [logits] if logits is not None else []
         grads = list(torch.autograd.grad(total, wrt, allow_unused=True))
@@ -98,12 +99,14 @@ def _add_layer_gradients(model, grads, records, inputs, owner, token_owner, acc)
             record.accumulate(grad, acc)
 
 
-def _block_chunk_gradients(model, params, fused, blocks, owner, block_losses, acc):
+def _block_chunk_gradients(model, params, fused, blocks, owner, block_losses, acc, items=None):
     """Add one chunk of clients' sequence-block gradients to ``acc``.
 
     ``blocks`` is ``[k, R, L]`` (one block per client, rows right padded), ``owner[i]`` the
     client of block ``i``. Every row is encoded like ``SASRec.forward`` (the state at its
-    last item) and ``block_losses([k, R, d] states, blocks)`` gives each client's own loss.
+    last item) and ``block_losses([k, R, d] states, blocks)`` gives each client's own loss;
+    with ``items`` (``[k, n]`` ids) the loss also reads those item-table rows
+    (``block_losses(states, blocks, rows [k, n, d])``) and they get per-client gradients.
     """
     clients, rows, length = blocks.shape
     inputs = blocks.reshape(clients * rows, length)
@@ -116,10 +119,18 @@ def _block_chunk_gradients(model, params, fused, blocks, owner, block_losses, ac
     records: list = []
     with torch.enable_grad():
         hidden, embedded = _hidden(model, params, fused, inputs, _Segments(token_owner, window_owner), plan, records)
-        total = block_losses(hidden.view(clients, rows, -1), blocks).sum()
-        grads = list(torch.autograd.grad(total, [embedded, *(r.out for r in records)], allow_unused=True))
+        states = hidden.view(clients, rows, -1)
+        if items is None:
+            total, leaves = block_losses(states, blocks).sum(), []
+        else:
+            leaves = [params[TABLE][items].detach().requires_grad_()]
+            total = block_losses(states, blocks, leaves[0]).sum()
+        wrt = [embedded, *(r.out for r in records), *leaves]
+        grads = list(torch.autograd.grad(total, wrt, allow_unused=True))
     with torch.no_grad():
         _add_layer_gradients(model, grads, records, inputs, window_owner, token_owner, acc)
+        if items is not None:
+            acc.rows(TABLE, owner.repeat_interleave(items.size(1)), items.reshape(-1), grads.pop(0))
 
 
 def cohort_gradients(
@@ -136,13 +147,19 @@ def cohort_gradients(
     blocks: tuple[torch.Tensor, torch.Tensor] | None = None,
     block_losses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     always_rows: torch.Tensor | None = None,
+    window_scale: torch.Tensor | None = None,
+    block_items: torch.Tensor | None = None,
 ) -> CohortGradients:
     """Every client's gradient of its mean all-position loss at ``params``.
 
     With ``blocks = (sequences [K, R, L], owner [K])`` and ``block_losses`` (``[K, R, d]``
     final states and the sequences -> ``[K]`` losses, already weighted), client
     ``owner[k]``'s loss also has a term over its own block ``k``: LUMOS's views, CL4SRec's
-    augmented windows.
+    augmented windows; ``block_items`` (``[K, n]`` ids) are item rows that term reads
+    directly (LUMOS's item-level negatives).
+
+    Each client's loss is the mean over its own positions unless ``window_scale`` (``[W]``)
+    gives every window's weight (LUMOS's view windows: a second mean, weighted).
 
     ``inputs``/``targets`` are the cohort's packed ``[W, L]`` windows, ``owner[w]`` the
     client of window ``w``; ``negatives`` are shared ``[K]`` ids (``sampled_ce``) or one
@@ -165,11 +182,12 @@ def cohort_gradients(
     has = targets > 0
     late = has.any(1) & (has.to(torch.uint8).argmax(1) >= length // 2)
     order = torch.argsort(late.long() * num_clients + owner, stable=True)
+    positions = targets.new_zeros(num_clients, dtype=params[TABLE].dtype)
+    positions = positions.index_add_(0, owner, (targets > 0).sum(1).to(positions.dtype)).clamp_(min=1)
+    window_scale = (1 / positions[owner] if window_scale is None else window_scale.to(positions.dtype))[order]
     inputs, targets, owner = inputs[order], targets[order], owner[order]
     negatives = negatives[order] if kind == "bce" else negatives
     groups = [0, int((~late).sum()), owner.numel()]
-    positions = targets.new_zeros(num_clients, dtype=params[TABLE].dtype)
-    positions = positions.index_add_(0, owner, (targets > 0).sum(1).to(positions.dtype)).clamp_(min=1)
     layers = range(len(model.trm_encoder.layer))
     fused = []
     for index in layers:
@@ -191,7 +209,7 @@ def cohort_gradients(
             chunk_negatives = negatives[window] if kind == "bce" else negatives
             _chunk_gradients(
                 model, params, fused, inputs[window], targets[window], owner[window], kind, chunk_negatives,
-                positions, acc, shared,
+                window_scale[window], acc, shared,
             )  # fmt: skip
     if blocks is not None:
         if block_losses is None:
@@ -200,7 +218,8 @@ def cohort_gradients(
         per_chunk = max(1, chunk_windows // max(1, sequences.size(1)))
         for start in range(0, sequences.size(0), per_chunk):
             part = slice(start, min(start + per_chunk, sequences.size(0)))
-            _block_chunk_gradients(model, params, fused, sequences[part], block_owner[part], block_losses, acc)
+            items = None if block_items is None else block_items[part]
+            _block_chunk_gradients(model, params, fused, sequences[part], block_owner[part], block_losses, acc, items)
     if always_rows is not None and always_rows.numel():
         clients = torch.arange(num_clients, device=owner.device).unsqueeze(1).expand(-1, always_rows.numel())
         acc.rows(TABLE, clients, always_rows.to(owner.device).unsqueeze(0).expand_as(clients), None)
