@@ -25,9 +25,15 @@ class ContrastiveClientModel(Protocol):
     * ``client_blocks(inputs [W, L], owner [W], num_clients, views [C, 4, L] | None)``:
       ``(blocks [K, R, L], block_owner [K])`` for the packed path, or ``None`` when no
       client has a non-zero term.
-    * ``client_block_losses(z [K, R, d], blocks [K, R, L]) -> [K]``: each client's own
-      term, already weighted, from the final states of its block.
+    * ``client_block_losses(z [K, R, d], blocks [K, R, L], item_vectors=None) -> [K]``: each
+      client's own term, already weighted, from the final states of its block.
     * ``plain_next_item_loss``: True when the extra term is off (the model is SASRec).
+
+    Optional, read with ``getattr``: ``block_items(blocks) -> [K, n] | None``, item-table
+    rows the block term scores directly (passed to ``client_block_losses`` as
+    ``item_vectors``; LUMOS's item-level negatives), and ``aug_weight`` with
+    ``augmented_windows(views, negatives, owner)``, next-item windows cut from the views
+    that join the client's own windows with that weight (LUMOS's ``lumos_aug_weight``).
     """
 
     plain_next_item_loss: bool

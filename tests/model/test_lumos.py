@@ -10,7 +10,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole_lumos.compat import load_trusted
 from recbole_lumos.config import build_config
 from recbole_lumos.errors import ConfigurationError
-from recbole_lumos.model.lumos import LUMOS, tri_view_loss
+from recbole_lumos.model.lumos import LUMOS, first_distinct, new_items, tri_view_loss
 from recbole_lumos.quick_start import run_model
 
 
@@ -32,10 +32,73 @@ def test_tri_view_loss_matches_hand_computation():
     # Without C the hard-negative terms vanish; a padded (invalid) user changes nothing.
     no_c = tri_view_loss(h, [f], None, tau, "dot")
     padded = tri_view_loss(
-        torch.cat([h, torch.ones(1, 2)]), [torch.cat([f, torch.ones(1, 2)])], None, tau, "dot",
+        torch.cat([h, torch.ones(1, 2)]),
+        [torch.cat([f, torch.ones(1, 2)])],
+        None,
+        tau,
+        "dot",
         valid=torch.tensor([True, True, False]),
     )
     torch.testing.assert_close(padded, no_c)
+
+
+def test_several_counterfactuals_and_item_negatives_by_hand():
+    """n_c counterfactuals per user and item-level negatives each add their terms to the denominator."""
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    f = torch.tensor([[1.0, 1.0], [0.0, 2.0]])
+    c = torch.tensor([[[-1.0, 0.0], [0.5, -1.0]], [[1.0, 0.0], [0.0, -1.0]]])  # [U, n_c, d]
+    items = torch.tensor([[[0.0, 3.0], [1.0, 1.0], [9.0, 9.0]], [[2.0, 0.0], [0.0, 0.0], [5.0, 5.0]]])
+    item_valid = torch.tensor([[True, True, False], [True, False, False]])
+    tau, w_c = 0.5, 0.25
+
+    def nce(a: int) -> float:
+        pos = math.exp(float(h[a] @ f[a]) / tau)
+        others = sum(math.exp(float(h[a] @ h[b]) / tau) for b in range(2) if b != a)
+        hard = w_c * sum(math.exp(float(h[a] @ c[u, k]) / tau) for u in range(2) for k in range(2))
+        own = w_c * sum(math.exp(float(h[a] @ items[a, j]) / tau) for j in range(3) if item_valid[a, j])
+        return -math.log(pos / (pos + others + hard + own))
+
+    expected = (nce(0) + nce(1)) / 2
+    loss = tri_view_loss(h, [f], c, tau, "dot", w_c, item_negatives=items, item_valid=item_valid)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_item_negatives_are_the_first_new_items_of_the_counterfactuals():
+    anchor = torch.tensor([[4, 5, 6, 0]])
+    rows = torch.tensor([[[4, 9, 6, 0], [7, 5, 9, 8]]])  # two counterfactuals of one user
+    brought = new_items(rows, anchor)
+    assert brought.tolist() == [[[0, 9, 0, 0], [7, 0, 9, 8]]]
+    assert first_distinct(brought.reshape(1, -1), 4).tolist() == [[9, 7, 8, 0]]
+    assert first_distinct(brought.reshape(1, -1), 2).tolist() == [[9, 7]]
+
+
+def test_view_windows_mask_inferred_f_targets_unless_asked(lumos_model):
+    model, _ = lumos_model(lumos_aug_weight=0.5, lumos_aug_views=["F", "R"])
+    anchor = torch.tensor([3, 4, 5, 6, 0, 0])
+    f = torch.tensor([5, 6, 11, 12, 0, 0])  # history part 5, 6 then inferred 11, 12
+    r = torch.tensor([3, 9, 5, 6, 0, 0])
+    views = torch.stack([anchor, f, r, anchor]).unsqueeze(0)
+    windows = model.augmented_windows(views)
+    assert windows.inputs.tolist() == [[5, 6, 11, 12, 0], [3, 9, 5, 6, 0]]
+    assert windows.targets.tolist() == [[6, 0, 0, 0, 0], [9, 5, 6, 0, 0]]
+    model.aug_f_targets = True
+    assert model.augmented_windows(views).targets[0].tolist() == [6, 11, 12, 0, 0]
+    without_views = model.augmented_windows(torch.zeros_like(views))
+    assert int(without_views.targets.count_nonzero()) == 0
+
+
+def test_view_terms_need_views_and_change_the_loss(lumos_model):
+    model, views = lumos_model(lambda_cl=0.0, lumos_aug_weight=0.5)
+    assert model.needs_views and not model.plain_next_item_loss and not model.lone_client_term_vanishes
+    inputs, targets = views[:, 0, :-1], views[:, 0, 1:]
+    model.eval()
+    with_aug = model.all_positions_loss(inputs, targets, views=views)
+    model.aug_weight = 0.0
+    assert not torch.isclose(with_aug, model.all_positions_loss(inputs, targets, views=views))
+    with pytest.raises(ConfigurationError, match="lumos_aug_views"):
+        lumos_model(lumos_aug_weight=0.5, lumos_aug_views=["C"])
+    with pytest.raises(ConfigurationError, match="lumos_item_negatives"):
+        lumos_model(lumos_item_negatives=-1)
 
 
 @pytest.fixture
