@@ -35,6 +35,7 @@ setup(
         "gguf>=0.10",
         "tqdm",
         "pyyaml",
+        "opacus>=1.5,<1.7",  # its RDP accountant reports local DP's (epsilon, delta); torch stays as pinned above
     ],
     extras_require={
         "plot": ["matplotlib>=3.8"],

@@ -44,7 +44,8 @@ def _setup(args: argparse.Namespace):
     model = config.model_class(config, train_dataset)
     histories = training_histories(train_dataset)
     views = ensure_views(config, dataset, train_dataset)
-    blocks = view_blocks(histories, views.views, train_dataset, config["MAX_ITEM_LIST_LENGTH"])
+    n_c = int(config["lumos_num_counterfactuals"] or 1)
+    blocks = view_blocks(histories, views.views, train_dataset, config["MAX_ITEM_LIST_LENGTH"], n_c)
     return config, model, ClientPartition(histories, config["MAX_ITEM_LIST_LENGTH"], views=blocks), views
 
 

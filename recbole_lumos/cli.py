@@ -6,6 +6,13 @@ each over N seeds: they run one after another on the same dataset object, each
 (model, seed) is stored as it finishes in a comparison folder, and the run ends with
 ``results.csv``, ``results.md`` and plots there (:mod:`recbole_lumos.report.comparison`).
 ``--ablate=views`` adds LUMOS's ablations; ``--rerun`` redoes stored runs.
+
+A matrix: ``--attack``, ``--aggregator``, ``--attack_ratio`` and ``--noise_ratio`` may
+also list several values (``--attack=none,bandwagon,scaled --aggregator=fedavg,median``);
+every model then runs in every combination, each stored as a row named like
+``FedSASRec[attack=bandwagon,aggregator=median]``, and a matrix with an attack also
+draws ER@10 against ``attack_ratio``. Under a matrix with an attack, every cell (the
+``none`` ones included) measures the exposure of the same targets.
 Errors caused by the input are printed as one paragraph, without a traceback, and
 the process exits with status 2.
 """
@@ -13,6 +20,7 @@ the process exits with status 2.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import sys
 import traceback
@@ -21,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recbole_lumos.config import parse_overrides
+from recbole_lumos.config import build_config, parse_overrides, parse_value
 from recbole_lumos.errors import ConfigurationError, LumosError, exit_status
 from recbole_lumos.model.registry import ABLATIONS, resolve_model
 from recbole_lumos.quick_start import DatasetCache, RunResult, run_model
@@ -37,10 +45,76 @@ class CommandLine:
     """``--seeds=N`` (N seeds from ``--seed``, default 2020) or ``--seeds=2020,2021``."""
     rerun: bool = False
     results_dir: str | None = None
+    matrix: dict[str, list[Any]] = field(default_factory=dict)
+    """Matrix keys given several values (``--attack=none,bandwagon``): key -> values, in :data:`MATRIX_KEYS` order."""
 
     @property
     def is_comparison(self) -> bool:
-        return len(self.models) > 1 or self.seeds is not None
+        return len(self.models) > 1 or self.seeds is not None or bool(self.matrix)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every combination of the matrix values (one empty cell without a matrix). A cell without
+        attack has no ``attack_ratio``: it would train the same model once per ratio."""
+        keys = list(self.matrix)
+        cells: list[dict[str, Any]] = []
+        for values in itertools.product(*self.matrix.values()):
+            cell = dict(zip(keys, values, strict=True))
+            if str(cell.get("attack", "")).lower() == "none":
+                cell.pop("attack_ratio", None)
+            if cell not in cells:
+                cells.append(cell)
+        return cells
+
+    def runs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(row label, model, cell settings)`` of every row, models first, cells within a model."""
+        return [(run_label(model, cell), model, cell) for model in self.models for cell in self.cells()]
+
+
+MATRIX_KEYS = ("attack", "aggregator", "attack_ratio", "noise_ratio")
+"""Keys that may take several comma-separated values on the command line: the robustness matrix."""
+
+
+def run_label(model: str, cell: dict[str, Any]) -> str:
+    """``Model[key=value,...]``, or the model alone for an empty cell."""
+    if not cell:
+        return model
+    return f"{model}[{','.join(f'{key}={value}' for key, value in cell.items())}]"
+
+
+def _matrix_values(key: str, value: Any) -> list[Any] | None:
+    """The values of a matrix key given several, else None (``0.05,0.1`` parses as a tuple)."""
+    if isinstance(value, list | tuple):
+        values = list(value)
+    elif isinstance(value, str) and "," in value:
+        values = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+    else:
+        return None
+    if len(set(map(repr, values))) != len(values):
+        raise ConfigurationError(f"--{key} lists a value twice: {value!r}.")
+    return values
+
+
+def _check_matrix(command: CommandLine) -> None:
+    """Fail on a bad attack, ratio or aggregator before anything trains."""
+    from recbole_lumos.federated.aggregators import AGGREGATORS
+    from recbole_lumos.federated.attacks import AttackSettings
+
+    for cell in command.cells():
+        settings = {**command.overrides, **cell}
+        attack = AttackSettings.from_config(settings)
+        aggregator = settings.get("aggregator")
+        if aggregator is not None and str(aggregator).strip().lower() not in AGGREGATORS:
+            raise ConfigurationError(
+                f"Unknown aggregator {aggregator!r}. Valid aggregators are: {', '.join(AGGREGATORS)}."
+            )
+        if attack.poisons_updates:
+            for model in command.models:
+                config = build_config(model, command.dataset, command.config_files, settings)
+                if not config["federated"]:
+                    raise ConfigurationError(
+                        f"--attack={attack.attack} poisons client updates, but {model} is trained centrally; "
+                        "run it with data poisoning attacks only (random, popular, bandwagon), or drop it."
+                    )
 
 
 MAX_SEED_COUNT = 100
@@ -85,6 +159,12 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
     files = files if isinstance(files, list) else str(files).replace(",", " ").split()
     seeds = overrides.pop("seeds", None)
     names = [m.strip() for m in models.split(",") if m.strip()]
+    matrix = {}
+    for key in MATRIX_KEYS:
+        values = _matrix_values(key, overrides.get(key))
+        if values is not None:
+            matrix[key] = values
+            del overrides[key]
     return CommandLine(
         models=_expand_ablations(names, overrides.pop("ablate", None)),
         dataset=str(dataset),
@@ -93,6 +173,7 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
         seeds=None if seeds is None else _seeds(seeds, int(overrides.get("seed", 2020))),
         rerun=bool(overrides.pop("rerun", False)),
         results_dir=overrides.pop("results_dir", None),
+        matrix=matrix,
     )
 
 
@@ -102,7 +183,10 @@ def comparison_folder(command: CommandLine) -> Path:
         return Path(command.results_dir)
     volatile = {"show_progress", "checkpoint_dir", "seed", "rerun"}
     settings = sorted((k, repr(v)) for k, v in command.overrides.items() if k not in volatile)
-    digest = hashlib.sha1(repr((command.models, command.config_files, settings)).encode()).hexdigest()[:8]
+    what: tuple = (command.models, command.config_files, settings)
+    if command.matrix:  # without a matrix the folders of earlier comparisons keep their names
+        what += (sorted((k, repr(v)) for k, v in command.matrix.items()),)
+    digest = hashlib.sha1(repr(what).encode()).hexdigest()[:8]
     root = Path(str(command.overrides.get("checkpoint_dir", "saved")))
     return root / "comparisons" / f"{command.dataset}-{digest}"
 
@@ -112,44 +196,49 @@ def run(argv: Sequence[str]) -> list[RunResult]:
     command = parse_command_line(argv)
     for name in command.models:
         resolve_model(name)  # fail on a typo before anything trains
+    _check_matrix(command)
     if not command.is_comparison:
         return [run_model(command.models[0], command.dataset, command.config_files, command.overrides)]
     return run_comparison(command)
 
 
 def run_comparison(command: CommandLine) -> list[RunResult]:
-    """Every (model, seed) on one dataset object and one train mode; finished runs are skipped.
+    """Every (model, matrix cell, seed) on one dataset object and one train mode; finished runs are skipped.
 
     Each run is stored in the comparison folder as soon as it ends, so an interrupted
     comparison resumes. A model that fails is stored as failed and the others still run.
     """
+    from recbole_lumos.federated.attacks import DEFAULT_TARGETS
     from recbole_lumos.report.comparison import ComparisonStore, write_outputs
 
     logger = logging.getLogger()
     overrides = dict(command.overrides)
     overrides.setdefault("train_mode", "all_positions")  # the same mode for every model, fast on a CPU
+    if any(str(v).lower() != "none" for v in command.matrix.get("attack", [])):
+        overrides.setdefault("target_items", DEFAULT_TARGETS)  # the no-attack cells measure the same targets
     seeds = command.seeds or [int(overrides.get("seed", 2020))]
     store = ComparisonStore(comparison_folder(command))
     datasets = DatasetCache()
     results: list[RunResult] = []
+    rows = command.runs()
     for seed in seeds:
-        for name in command.models:
-            if not command.rerun and store.finished(name, seed):
-                logger.info("%s seed %d: already in %s, skipped (--rerun to redo)", name, seed, store.runs_dir)
+        for label, name, cell in rows:
+            if not command.rerun and store.finished(label, seed):
+                logger.info("%s seed %d: already in %s, skipped (--rerun to redo)", label, seed, store.runs_dir)
                 continue
             try:
                 result = run_model(
-                    name, command.dataset, command.config_files, {**overrides, "seed": seed}, datasets=datasets
+                    name, command.dataset, command.config_files, {**overrides, **cell, "seed": seed}, datasets=datasets
                 )
             except LumosError:
                 raise
             except Exception as error:  # one broken model must not lose the others
-                logger.error("%s seed %d failed:\n%s", name, seed, traceback.format_exc())
-                store.save_failure(name, seed, f"{type(error).__name__}: {error}")
+                logger.error("%s seed %d failed:\n%s", label, seed, traceback.format_exc())
+                store.save_failure(label, seed, f"{type(error).__name__}: {error}")
                 continue
-            store.save_run(name, seed, asdict(result))
+            store.save_run(label, seed, {**asdict(result), "label": label})
             results.append(result)
-    table = write_outputs(store, command.models, seeds)
+    table = write_outputs(store, [label for label, _, _ in rows], seeds)
     print(table)
     print(f"results: {store.folder}")
     return results

@@ -46,10 +46,11 @@ def prepare_split(argv: Sequence[str]) -> tuple[Any, Any, tuple[Any, Any, Any]]:
 
 def run(argv: Sequence[str]) -> str:
     """Build config, dataset and split, ensure the views; return the views file path."""
+    from recbole_lumos.data.noise import views_config
     from recbole_lumos.generation.views import ensure_views, stats_table
 
     config, dataset, (train_data, _, _) = prepare_split(argv)
-    view_set = ensure_views(config, dataset, train_data._dataset)
+    view_set = ensure_views(views_config(config), dataset, train_data._dataset)  # noisy views: their own folder
     print(stats_table(view_set.stats))
     print(f"views: {view_set.path}")
     return str(view_set.path)

@@ -68,6 +68,12 @@ class RunResult:
     time_complete: bool = True
     """False when the run resumed from a checkpoint that predates the run clock: the times
     then cover the last segment only."""
+    privacy: dict[str, Any] | None = None
+    """Federated runs with local DP: (epsilon, delta) and how they were counted
+    (:class:`~recbole_lumos.federated.accounting.PrivacyBudget`)."""
+    attack: dict[str, Any] | None = None
+    """Runs under attack or with target items: the attack, its malicious clients and the targets
+    (``er@K`` is in ``test_result``)."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
@@ -152,6 +158,13 @@ _REPORTED_KEYS = (
     "server_lazy_rows",
     "ldp_clip",
     "ldp_noise_multiplier",
+    "ldp_delta",
+    "noise_ratio",
+    "attack",
+    "attack_ratio",
+    "target_items",
+    "attack_scale",
+    "attack_std",
     "user_batch_size",
     "user_batch_order",
     "window_stride",
@@ -220,6 +233,12 @@ def run_model(
             f"{spec.name} trains in all_positions mode only (its views are joined by user, not by prefix): "
             "drop --train_mode=prefix, or pass --federated=False for central all-position training."
         )
+    robustness = [key for key in ("attack", "noise_ratio", "target_items") if config[key] not in (None, "none", 0, 0.0)]
+    if train_mode == "prefix" and robustness:
+        raise ConfigurationError(
+            f"{', '.join(robustness)} need the all-position engine, where clients are built: add "
+            "--train_mode=all_positions (or use a federated model)."
+        )
     if train_mode == "prefix":
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, recommender)
         trainer.saved_model_file = _unique_checkpoint(trainer.saved_model_file)
@@ -242,6 +261,7 @@ def run_model(
         extra.update(epochs=outcome["rounds"], traffic=traffic, generation=outcome["generation"])
         extra.update(num_clients=outcome["clients"], valid_curve=outcome["valid_curve"])
         extra.update(ended_by_budget=outcome["ended_by_budget"])
+        extra.update(privacy=outcome["privacy"], attack=outcome["attack"])
         if traffic:
             extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)
             extra["bytes_down_per_client"] = traffic[-1]["bytes_down_per_client"]
@@ -251,6 +271,10 @@ def run_model(
             _save_recbole_checkpoint(checkpoint, config, recommender)
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    if extra.get("privacy"):
+        budget = extra["privacy"]
+        epsilons = f"epsilon {budget['epsilon']:.4g} (amplified {budget['epsilon_amplified']:.4g})"
+        logger.info(set_color("privacy", "yellow") + f": {epsilons}, delta {budget['delta']:g}")
     wall_s, cpu_s = clock.totals()
 
     result = RunResult(

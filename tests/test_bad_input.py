@@ -58,3 +58,11 @@ def test_missing_time_column_is_explained(tiny_data, isolated):
     inter.write_text("\n".join(["user_id:token\titem_id:token", *rows[1:]]) + "\n")
     proc = run_cli("--model=SASRec", "--dataset=tiny", f"--data_path={tiny_data}", cwd=isolated)
     assert_clean_failure(proc, "no column 'timestamp'", "TIME_FIELD")
+
+
+def test_a_target_item_outside_the_catalogue_is_named(tiny_data, isolated):
+    proc = run_cli(
+        "--model=FedSASRec", "--dataset=tiny", f"--data_path={tiny_data}", "--attack=bandwagon",
+        "--target_items=['i3','no-such-item']", "--epochs=1", cwd=isolated,
+    )
+    assert_clean_failure(proc, "'no-such-item'", "not in the catalogue")

@@ -5,7 +5,9 @@ and the Flower ClientApp (:mod:`recbole_lumos.federated.flower`) both train a co
 of clients with :func:`train_cohort_round`. It runs the clients' local epochs from
 the global weights (:meth:`LocalTrainer.cohort_updates`, packed, vmapped or one by
 one), then applies local DP when it is configured. What leaves the client is what
-this function returns; nothing else differs between the engines.
+this function returns; nothing else differs between the engines. In a run under
+model poisoning (:mod:`~recbole_lumos.federated.attacks`) a malicious client sends its
+poisoned update instead (and skips local DP: it controls its device).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from recbole_lumos.data.partition import Cohort
+from recbole_lumos.federated.attacks import ModelPoisoning
 from recbole_lumos.federated.local_update import LocalTrainer
 from recbole_lumos.federated.privacy import privatize
 from recbole_lumos.federated.update import ClientUpdate
@@ -46,14 +49,27 @@ def train_cohort_round(
     noise: torch.Generator | None,
     privacy: PrivacySettings,
     one_by_one: bool = False,
+    poisoning: ModelPoisoning | None = None,
+    round_index: int = 0,
 ) -> list[ClientUpdate]:
     """Every client of ``cohort``'s upload for this round, in cohort order.
 
     ``negatives`` seeds the sampled negatives, ``noise`` the local DP noise; both are
     the caller's so that a round is reproducible (the engines seed them by round).
+    ``poisoning`` replaces its malicious clients' uploads (``round_index`` seeds it);
+    the benign clients' uploads are the same with or without it.
     """
     updates = trainer.cohort_updates(global_params, cohort, negatives, one_by_one)
-    if privacy.clip is None:
+    honest = updates
+    if privacy.clip is not None:
+        shapes = {name: p.shape for name, p in global_params.items()}
+        # Every client draws its noise, malicious or not, so the benign clients' noise does not
+        # depend on who is malicious.
+        updates = [privatize(u, privacy.clip, privacy.noise_multiplier, shapes, noise) for u in updates]
+    if poisoning is None:
         return updates
-    shapes = {name: p.shape for name, p in global_params.items()}
-    return [privatize(u, privacy.clip, privacy.noise_multiplier, shapes, noise) for u in updates]
+    users = cohort.users.tolist()
+    return [
+        poisoning.apply(raw, user, round_index) if poisoning.is_malicious(user) else sent
+        for user, raw, sent in zip(users, honest, updates, strict=True)
+    ]

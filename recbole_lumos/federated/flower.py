@@ -82,8 +82,15 @@ def _experiment(model_name: str, dataset: str, config_files: tuple[str, ...], ov
     from recbole.utils import init_seed
 
     from recbole_lumos.config import build_config
+    from recbole_lumos.errors import ConfigurationError
 
     config = build_config(model_name, dataset, config_files, {**json.loads(overrides_json), "federated": True})
+    in_process_only = [k for k in ("attack", "noise_ratio", "target_items") if config[k] not in (None, "none", 0, 0.0)]
+    if in_process_only:
+        raise ConfigurationError(
+            f"{', '.join(in_process_only)}: noisy clients, attacks and ER@K run in the in-process engine only "
+            "(python run_recbole_lumos.py ...), not yet in the Flower app."
+        )
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, data)
@@ -184,7 +191,13 @@ def build_node_data(run_config: Mapping[str, Any], part: int, parts: int) -> Nod
         from recbole_lumos.generation import ensure_views
 
         views = ensure_views(config, train_data._dataset, train_data._dataset)
-        blocks = view_blocks(histories, views.views, train_data._dataset, int(config["MAX_ITEM_LIST_LENGTH"]))
+        blocks = view_blocks(
+            histories,
+            views.views,
+            train_data._dataset,
+            int(config["MAX_ITEM_LIST_LENGTH"]),
+            int(config["lumos_num_counterfactuals"] or 1),
+        )
     stride = int(config["window_stride"]) if config["window_stride"] else None
     return NodeData(model, ClientPartition(histories, int(config["MAX_ITEM_LIST_LENGTH"]), stride, blocks))
 

@@ -10,12 +10,15 @@
 Validation and test use RecBole's own full-ranking code path
 (``Trainer._full_sort_batch_eval`` -> ``Collector`` -> ``Evaluator``), on RecBole's
 own evaluation dataloaders, so the numbers are those of a centralised RecBole run.
+When the run measures exposure (an attack, or named target items), the test's scores
+also feed an :class:`~recbole_lumos.report.exposure.ExposureMeter`, and ``er@K``
+joins the test result.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -27,12 +30,25 @@ from recbole_lumos.federated.client_round import PrivacySettings, train_cohort_r
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
 from recbole_lumos.model.next_item import all_positions_loss
 
+if TYPE_CHECKING:
+    from recbole_lumos.federated.attacks import ModelPoisoning
+    from recbole_lumos.report.exposure import ExposureMeter
+
 
 class SequentialRecModule(pl.LightningModule):
     """Trains a RecBole SASRec-family model in all-position mode, federated or central."""
 
-    def __init__(self, model: torch.nn.Module, config: Any, federated: bool) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Any,
+        federated: bool,
+        poisoning: ModelPoisoning | None = None,
+        exposure: ExposureMeter | None = None,
+    ) -> None:
         super().__init__()
+        self.poisoning = poisoning
+        self.exposure = exposure
         self.model = model
         self.config = config
         self.federated = federated
@@ -69,6 +85,8 @@ class SequentialRecModule(pl.LightningModule):
             self._noise,
             self.privacy,
             one_by_one,
+            self.poisoning,
+            self.current_epoch,
         )
         self._round_clients += len(cohort)
         self.optimizers().step()  # counts the cohort in trainer.global_step (see configure_optimizers)
@@ -121,14 +139,18 @@ class SequentialRecModule(pl.LightningModule):
         self.model.eval()
         self._recbole.tot_item_num = dataloader._dataset.item_num
 
-    def _eval_step(self, batch: Any) -> None:
+    def _eval_step(self, batch: Any, exposure: ExposureMeter | None = None) -> None:
         interaction, scores, positive_u, positive_i = self._recbole._full_sort_batch_eval(batch)
+        if exposure is not None:  # the very scores RecBole's collector ranks next
+            exposure.add(interaction[self.config["USER_ID_FIELD"]], scores)
         self._recbole.eval_collector.eval_batch_collect(scores, interaction, positive_u, positive_i)
 
     def _eval_end(self, split: str) -> None:
         self._recbole.eval_collector.model_collect(self.model)
         result = self._recbole.evaluator.evaluate(self._recbole.eval_collector.get_data_struct())
         self.last_result = {k: float(v) for k, v in result.items()}
+        if split == "test" and self.exposure is not None:
+            self.last_result.update(self.exposure.result())
         self.log_dict({f"{split}/{k}": v for k, v in self.last_result.items()}, prog_bar=split == "valid")
 
     def on_validation_epoch_start(self) -> None:
@@ -142,9 +164,11 @@ class SequentialRecModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._eval_start(self.trainer.test_dataloaders)
+        if self.exposure is not None:
+            self.exposure.reset()
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, self.exposure)
 
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
@@ -28,14 +29,14 @@ from recbole_lumos.data.partition import (
     IndexedPartition,
     RoundSampler,
     collate_cohort,
-    training_histories,
 )
-from recbole_lumos.data.view_blocks import view_blocks
 from recbole_lumos.errors import ConfigurationError
+from recbole_lumos.federated.accounting import PrivacyBudget, check_delta, privacy_budget
 from recbole_lumos.federated.allocator import keep_freed_memory
 from recbole_lumos.federated.callbacks import AggregationCallback, RunClock, RunFolderCheckpoint
-from recbole_lumos.federated.client_model import needs_views
 from recbole_lumos.federated.module import SequentialRecModule
+from recbole_lumos.federated.population import Population, build_population
+from recbole_lumos.report.exposure import ExposureMeter
 
 # Keys that do not change what is trained (so they do not change the run folder).
 _VOLATILE = {
@@ -53,20 +54,36 @@ _VOLATILE = {
     "log_dir",
     "federated_stopping_step",
     "stopping_step",
+    "ldp_delta",  # reporting only
 }
 
-_ADDED_UNSET = {"lumos_views_seed"}
+_ADDED_UNSET = {"lumos_views_seed", "target_items", "attack_length"}
 """Keys added after runs were stored: while unset (``None``) they stay out of the hash, so the
 run folders, and the checkpoints of unfinished runs, keep their names."""
+
+_ADDED_DEFAULTS = {"noise_ratio": 0.0, "attack": "none", "attack_ratio": 0.1, "attack_scale": 10.0, "attack_std": 0.1}
+"""Keys added after runs were stored, with their defaults: at the default they stay out of the hash."""
+
+_FORMER_DEFAULTS = {"max_update_norm": (1.0, None)}
+"""Keys whose default changed after runs were stored: ``key -> (new default, old default)``; at the new
+default they are hashed as the old one."""
+
+
+def _hashed(key: str, value: Any) -> bool:
+    if key in _VOLATILE or (key in _ADDED_UNSET and value is None):
+        return False
+    return not (key in _ADDED_DEFAULTS and value == _ADDED_DEFAULTS[key])
+
+
+def _hash_value(key: str, value: Any) -> Any:
+    if key in _FORMER_DEFAULTS and value == _FORMER_DEFAULTS[key][0]:
+        return _FORMER_DEFAULTS[key][1]
+    return value
 
 
 def run_name(config: Any) -> str:
     """``<Model>-<dataset>-seed<seed>-<hash>``: stable across reruns of the same config."""
-    items = sorted(
-        (k, repr(v))
-        for k, v in config.final_config_dict.items()
-        if k not in _VOLATILE and not (k in _ADDED_UNSET and v is None)
-    )
+    items = sorted((k, repr(_hash_value(k, v))) for k, v in config.final_config_dict.items() if _hashed(k, v))
     digest = hashlib.sha1(repr(items).encode()).hexdigest()[:8]
     name = config["model_display_name"] if "model_display_name" in config else config["model"]
     return f"{name}-{config['dataset']}-seed{config['seed']}-{digest}"
@@ -186,22 +203,14 @@ def run_lightning(
     keep_freed_memory()
     federated = bool(config["federated"])
     logger = logging.getLogger()
-    histories = training_histories(train_data._dataset)
-    max_len = int(config["MAX_ITEM_LIST_LENGTH"])
-    blocks, generation = None, None
-    if needs_views(model):
-        # Views come from each user's training history only (the train split).
-        from recbole_lumos.generation import ensure_views
-
-        view_set = ensure_views(config, train_data._dataset, train_data._dataset)
-        blocks = view_blocks(histories, view_set.views, train_data._dataset, max_len)
-        generation = {"mode": view_set.mode, "path": str(view_set.path), **view_set.stats}
-        missing = sum(int(not block.any()) for block in blocks.values())
-        if missing:
-            logger.warning("%d users have no views and train on the next-item loss alone", missing)
-    partition = ClientPartition(
-        histories, max_len, int(config["window_stride"]) if config["window_stride"] else None, blocks
-    )
+    # The clients as their devices hold them (noisy histories and their views), then the
+    # attacker's clients; views come from each client's own training history only.
+    population = build_population(config, model, train_data._dataset)
+    partition, generation = population.partition, population.generation
+    exposure = None
+    if population.targets is not None:
+        num_users = int(train_data._dataset.user_num)
+        exposure = ExposureMeter(population.targets, config["topk"], population.clean_histories, num_users)
     if partition.skipped_users:
         logger.warning(
             "%d users have fewer than 2 training items and take no part in training", len(partition.skipped_users)
@@ -254,7 +263,7 @@ def run_lightning(
         deterministic=False,
         log_every_n_steps=1,
     )
-    module = SequentialRecModule(model, config, federated)
+    module = SequentialRecModule(model, config, federated, population.poisoning, exposure)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*(sampler|batch_sampler).*")
@@ -272,6 +281,7 @@ def run_lightning(
         trainer.test(module, dataloaders=test_data, verbose=False)
         test_result = dict(module.last_result)
     history = aggregation.history if aggregation else []
+    privacy = run_privacy(config, loader.batch_sampler, population, int(trainer.current_epoch)) if federated else None
     return {
         "best_valid_result": best_valid,
         "test_result": test_result,
@@ -282,7 +292,42 @@ def run_lightning(
         "generation": generation,
         "valid_curve": curve,
         "ended_by_budget": budget_cut,
+        "privacy": None if privacy is None else privacy.as_dict(),
+        "attack": population.attack_summary(),
     }
+
+
+def run_privacy(config: Any, sampler: RoundSampler, population: Population, rounds: int) -> PrivacyBudget | None:
+    """The run's (epsilon, delta) under local DP (None without ``ldp_clip``), logged.
+
+    Participation is replayed from the sampler (a round's clients depend on ``(seed, round)``
+    only), over the benign clients: the malicious ones skip local DP.
+    """
+    if not config["ldp_clip"]:
+        return None
+    delta = check_delta(config["ldp_delta"])
+    counts = np.zeros(sampler.num_clients, dtype=np.int64)
+    for round_index in range(rounds):
+        counts[sampler.round_clients(round_index)] += 1
+    benign = counts[population.benign_indices()]
+    budget = privacy_budget(
+        float(config["ldp_noise_multiplier"] or 0.0),
+        float(config["ldp_clip"]),
+        benign.tolist(),
+        rounds,
+        sampler.clients_per_round / sampler.num_clients,
+        delta,
+    )
+    logging.getLogger().info(
+        "local DP: epsilon %.4g against the server (%d of %d rounds), %.4g amplified (q = %.3g), delta %g",
+        budget.epsilon,
+        budget.client_rounds_max,
+        budget.rounds,
+        budget.epsilon_amplified,
+        budget.sample_rate,
+        budget.delta,
+    )
+    return budget
 
 
 def ended_by_budget(

@@ -5,6 +5,7 @@ Entry point: :func:`ensure_views` (DESIGN.md §2.1-2.2). Command line:
 """
 
 from recbole_lumos.generation.language_model import load_language_model
-from recbole_lumos.generation.views import VIEW_NAMES, ViewSet, ensure_views
+from recbole_lumos.generation.settings import VIEW_NAMES, counterfactual_names, view_names
+from recbole_lumos.generation.views import ViewSet, ensure_views
 
-__all__ = ["VIEW_NAMES", "ViewSet", "ensure_views", "load_language_model"]
+__all__ = ["VIEW_NAMES", "ViewSet", "counterfactual_names", "ensure_views", "load_language_model", "view_names"]

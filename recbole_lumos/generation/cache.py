@@ -5,18 +5,25 @@ Format (RecBole atomic style, tab-separated, original tokens)::
     user_id:token	view:token	item_id_list:token_seq
     1	F	50 181 258 ...
 
-one row per user and view (F, R, C). The name is ``<dataset>-<mode>-<hash>.views``
+one row per user and view (F, R, C, then C2 ... C{n_c} when ``lumos_num_counterfactuals``
+is above 1). The name is ``<dataset>-<mode>-<hash>.views``
 where the hash covers everything that changes the views: dataset, split settings
 (``eval_args``, ``MAX_ITEM_LIST_LENGTH``, filters), model, GGUF file, adapter, mode,
 prompt version, views seed (``lumos_views_seed``, by default ``seed``), ``k_f``, ``rho_r``,
-``rho_c`` and the embedding settings. It holds no user data, and nothing derived from
-validation or test items. A JSON sidecar (``.json``) stores the key and the statistics.
+``rho_c``, the number of counterfactuals and the embedding settings. It holds no user data,
+and nothing derived from validation or test items. A JSON sidecar (``.json``) stores the key
+and the statistics.
+
+The number of counterfactuals joins the key only when it is not 1, so every file
+written before it existed keeps its name; a file of another ``n_c`` is another file,
+and a row of a counterfactual the file's key does not have is an error.
 
 Resuming: rows are appended and flushed after every batch, so an interrupted run
 keeps what it wrote. On load a half-written last line is discarded, users without
-all three views are dropped (they are generated again, identically: every draw is
-seeded by ``(seed, user)``), and complete users are skipped. Rows already computed
-are never overwritten; a file that cannot be read is an error that says to delete it.
+all their views (F, R and every counterfactual) are dropped (they are generated again,
+identically: every draw is seeded by ``(seed, user)``), and complete users are skipped.
+Rows already computed are never overwritten; a file that cannot be read is an error
+that says to delete it.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_lumos.errors import AtomicFileError
-from recbole_lumos.generation.settings import VIEW_NAMES
+from recbole_lumos.generation.settings import view_names
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +45,11 @@ HEADER = "user_id:token\tview:token\titem_id_list:token_seq"
 
 
 def cache_key(settings: Any, mode: str, generator: Mapping[str, Any], embedding: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything that determines the views, as a JSON-able dict (no user data)."""
+    """Everything that determines the views, as a JSON-able dict (no user data).
+
+    ``num_counterfactuals`` is in it only when it is not 1: the keys (and file names) of
+    the three-view files written before it existed stay as they were.
+    """
     key: dict[str, Any] = {
         "format": 1,
         "dataset": settings.dataset,
@@ -57,6 +68,9 @@ def cache_key(settings: Any, mode: str, generator: Mapping[str, Any], embedding:
         "item_pool": settings.lumos_item_pool,
         "embedding": dict(embedding),
     }
+    num_counterfactuals = int(getattr(settings, "lumos_num_counterfactuals", 1))
+    if num_counterfactuals != 1:
+        key["num_counterfactuals"] = num_counterfactuals
     if mode == "prompt":
         key["generator"] = dict(generator)
         key["prompt"] = {
@@ -69,14 +83,20 @@ def cache_key(settings: Any, mode: str, generator: Mapping[str, Any], embedding:
 
 
 def key_hash(key: Mapping[str, Any]) -> str:
+    """The 12 hex digits of the key that name its views file."""
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
 
 
 class ViewsFile:
-    """One views file and its JSON sidecar."""
+    """One views file and its JSON sidecar.
+
+    The views a user must have (``view_names``) follow the key's ``num_counterfactuals``
+    (1 when absent), so a file's name and what it must hold cannot disagree.
+    """
 
     def __init__(self, cache_dir: str | Path, dataset: str, mode: str, key: Mapping[str, Any]) -> None:
         self.key = dict(key)
+        self.view_names = view_names(int(self.key.get("num_counterfactuals", 1)))
         self.path = Path(cache_dir) / f"{dataset}-{mode}-{key_hash(key)}.views"
         self.sidecar = self.path.with_suffix(".json")
 
@@ -119,8 +139,8 @@ class ViewsFile:
             if len(cells) != 3:
                 raise self._malformed(number, f"{len(cells)} tab-separated cells instead of 3")
             user, view, sequence = cells
-            if view not in VIEW_NAMES:
-                raise self._malformed(number, f"unknown view {view!r} (views are {', '.join(VIEW_NAMES)})")
+            if view not in self.view_names:
+                raise self._malformed(number, f"unknown view {view!r} (views are {', '.join(self.view_names)})")
             if users is not None and user not in users:
                 raise self._malformed(number, f"user {user!r} is not in this dataset")
             tokens = sequence.split(" ") if sequence else []
@@ -131,7 +151,7 @@ class ViewsFile:
             if view in rows.setdefault(user, {}):
                 raise self._malformed(number, f"a second {view} row for user {user!r}")
             rows[user][view] = tokens
-        complete = {u: v for u, v in rows.items() if len(v) == len(VIEW_NAMES)}
+        complete = {u: v for u, v in rows.items() if len(v) == len(self.view_names)}
         if len(complete) < len(rows):
             self._drop_incomplete(lines[0], lines[1:], set(complete))
         return complete
@@ -140,21 +160,22 @@ class ViewsFile:
         """Rewrite the file without the rows of users that lack a view (atomic replace)."""
         kept = [line for line in body if line.split("\t", 1)[0] in complete]
         logger.warning(
-            "views cache %s: %d rows of users with fewer than 3 views removed (interrupted run); they are redone",
+            "views cache %s: %d rows of users with fewer than %d views removed (interrupted run); they are redone",
             self.path,
             len(body) - len(kept),
+            len(self.view_names),
         )
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text("\n".join([header, *kept]) + "\n", encoding="utf-8")
         os.replace(tmp, self.path)
 
     def append(self, views: Mapping[str, Mapping[str, list[str]]]) -> None:
-        """Append complete users (all three views) and flush them to disk."""
+        """Append complete users (every view of ``view_names``) and flush them to disk."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.is_file() or self.path.stat().st_size == 0
         lines = [HEADER] if new else []
         for user, user_views in views.items():
-            for view in VIEW_NAMES:
+            for view in self.view_names:
                 lines.append(f"{user}\t{view}\t{' '.join(user_views[view])}")
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")

@@ -4,7 +4,9 @@ A prompt shows the user's recent *training* titles (``lumos_prompt_history``, wi
 genres or categories) and an indexed candidate list (``lumos_num_candidates``). The
 candidates come from the :class:`~recbole_lumos.generation.semantic.ViewPlan`:
 text-embedding neighbours of the history (F: of the intent vector, R: of the items
-to replace) or items far from the user's profile (C). **Privacy guard**: nothing in
+to replace) or items far from the user's profile (C; C2, C3, ... when
+``lumos_num_counterfactuals`` is above 1, each with its own draw of far candidates and the
+same question, so the ``n_c`` answers differ). **Privacy guard**: nothing in
 a prompt is computed from other users' interactions (no popularity, no
 co-occurrence); only the user's own history and the catalogue's texts.
 
@@ -30,15 +32,15 @@ def _line(texts: ItemTexts, item: int) -> str:
 
 
 def view_request(view: str, plan: ViewPlan) -> tuple[int, list[int]]:
-    """``(items wanted, candidates)`` of a view's prompt."""
-    need = {"F": len(plan.f_items), "R": len(plan.r_positions), "C": len(plan.c_positions)}[view]
+    """``(items wanted, candidates)`` of a view's prompt; every counterfactual (C, C2, ...) fills ``c_positions``."""
+    need = {"F": len(plan.f_items), "R": len(plan.r_positions)}.get(view, len(plan.c_positions))
     return need, plan.candidates.get(view, [])
 
 
 def build_messages(
     view: str, plan: ViewPlan, texts: ItemTexts, history_size: int, *, strict: bool = False
 ) -> list[dict]:
-    """The chat messages of one user's prompt for ``view`` (F, R or C)."""
+    """The chat messages of one user's prompt for ``view`` (F, R, or a counterfactual: C, C2, ...)."""
     noun = texts.noun
     need, candidates = view_request(view, plan)
     recent = [int(i) for i in plan.history[-history_size:]]

@@ -13,6 +13,14 @@ For a user with training history ``s`` (never its validation or test items) and
   positions (most recent first) replaced by items sampled among the
   ``lumos_far_fraction`` of the pool least similar to the user's profile (mean
   embedding of the distinct items of ``s``), none in ``s``. Length ``m``.
+* **C2 ... C{n_c}** (``lumos_num_counterfactuals`` > 1): further counterfactuals,
+  the same positions filled by further draws from the same far pool. Each draw
+  prefers far items no earlier counterfactual of the user used (the pool is gone
+  through before an item comes back) and a draw equal to an earlier one is drawn
+  again, so the ``n_c`` views differ wherever the pool allows. They come from a
+  second random stream of ``(seed, user token)``, so F, R and C are the same
+  whatever ``n_c`` is (a views file of ``n_c = 1`` keeps its content), and the
+  counterfactuals of a smaller ``n_c`` are the first ones of a larger.
 
 Only the user's own history and the catalogue's texts are used: no popularity or
 co-occurrence statistics of other users. Random draws depend on ``(seed, user
@@ -32,9 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recbole_lumos.generation.settings import GeneratorSettings
+from recbole_lumos.generation.settings import GeneratorSettings, counterfactual_names
 
 _PRECOMPUTE_LIMIT = 8192  # item-item similarities are precomputed (N^2 floats) up to this many items
+_REDRAWS = 32  # tries to make a further counterfactual (or its candidate list) differ from the earlier ones
 
 
 class ItemSpace:
@@ -65,6 +74,12 @@ def user_rng(seed: int, user: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(str(user).encode("utf-8"))])
 
 
+def counterfactual_rng(seed: int, user: str) -> np.random.Generator:
+    """The user's stream of the further counterfactuals (C2, ...): apart from :func:`user_rng`, so that
+    drawing them changes none of the draws of F, R and C."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(str(user).encode("utf-8")), 1])
+
+
 def share(rho: float, m: int) -> int:
     """Positions a share ``rho`` of ``m`` stands for: at least 1 when ``rho > 0``, at most ``m``."""
     if rho <= 0 or m == 0:
@@ -89,22 +104,46 @@ class ViewPlan:
     c_items: list[int]
     """Far item for each of ``c_positions``."""
     candidates: dict[str, list[int]] = field(default_factory=dict)
+    """View name (F, R, C, C2, ...) -> the prompt's candidates."""
     seen: set[int] = field(default_factory=set)
+    c_extra: list[list[int]] = field(default_factory=list)
+    """Far items of C2, C3, ...: one list per further counterfactual, each for ``c_positions``."""
 
-    def assemble(self, f_new: Sequence[int], r_new: Sequence[int], c_new: Sequence[int]) -> dict[str, list[int]]:
-        """The three views from chosen items; the layout rules of the module docstring."""
+    @property
+    def counterfactuals(self) -> list[str]:
+        """The names of this plan's counterfactual views: C, C2, ..."""
+        return list(counterfactual_names(1 + len(self.c_extra)))
+
+    def semantic_items(self, view: str) -> list[int]:
+        """The semantic construction's new items of ``view`` (the prompt mode's fallback)."""
+        if view == "F":
+            return self.f_items
+        if view == "R":
+            return self.r_items
+        return [self.c_items, *self.c_extra][self.counterfactuals.index(view)]
+
+    def assemble(
+        self,
+        f_new: Sequence[int],
+        r_new: Sequence[int],
+        c_new: Sequence[int],
+        c_extra: Sequence[Sequence[int]] = (),
+    ) -> dict[str, list[int]]:
+        """The views from chosen items (C2, ... from ``c_extra``); the layout rules of the module docstring."""
         views = {"F": [int(i) for i in self.f_keep] + [int(i) for i in f_new]}
         r_view = [int(i) for i in self.recent]
         for position, item in zip(self.r_positions, r_new, strict=False):
             r_view[position] = int(item)
-        c_view = [int(i) for i in self.recent]
-        for position, item in zip(self.c_positions, c_new, strict=False):
-            c_view[position] = int(item)
-        views["R"], views["C"] = r_view, c_view
+        views["R"] = r_view
+        for name, chosen in zip(counterfactual_names(1 + len(c_extra)), [c_new, *c_extra], strict=True):
+            c_view = [int(i) for i in self.recent]
+            for position, item in zip(self.c_positions, chosen, strict=False):
+                c_view[position] = int(item)
+            views[name] = c_view
         return views
 
     def semantic_views(self) -> dict[str, list[int]]:
-        return self.assemble(self.f_items, self.r_items, self.c_items)
+        return self.assemble(self.f_items, self.r_items, self.c_items, self.c_extra)
 
 
 def plan_views(
@@ -173,6 +212,7 @@ def plan_views(
     )
     far_values, far_top = (-far_scores).topk(far_depth, dim=1) if far_depth else (None, None)
     q = max(1, math.ceil(settings.lumos_far_fraction * pool_size))
+    further = int(settings.lumos_num_counterfactuals) - 1
 
     f_lists = _finite_rows(f_top, f_values) if f_depth else [[] for _ in users]
     far_lists = _finite_rows(far_top, far_values) if far_depth else [[] for _ in users]
@@ -184,6 +224,11 @@ def plan_views(
         picks = rng.choice(len(pool_b), size=min(c_counts[b], len(pool_b)), replace=False) if pool_b else []
         c_new = [pool_b[i] for i in picks]
         c_new += [int(recents[b][p]) for p in c_positions[b][len(c_new) :]]  # nothing far left: keep the item
+        c_extra: list[list[int]] = []
+        extra_rng = counterfactual_rng(settings.views_seed, user) if further else None
+        if further:
+            for draw in _spread_draws(extra_rng, pool_b, c_counts[b], [pool_b[i] for i in picks], further):
+                c_extra.append(draw + [int(recents[b][p]) for p in c_positions[b][len(draw) :]])
         plan = ViewPlan(
             user=user,
             history=np.asarray(histories[b]),
@@ -195,13 +240,18 @@ def plan_views(
             r_items=r_items[b],
             c_items=c_new,
             seen=set(np.asarray(histories[b]).tolist()),
+            c_extra=c_extra,
         )
         if num_candidates:
+            far_candidates = far_ranked[: max(num_candidates, q)]
             plan.candidates = {
                 "F": _shuffled(rng, f_ranked[:num_candidates]),
                 "R": _shuffled(rng, _round_robin(r_neighbours[b], num_candidates)),
-                "C": _shuffled(rng, _sample(rng, far_ranked[: max(num_candidates, q)], num_candidates)),
+                "C": _shuffled(rng, _sample(rng, far_candidates, num_candidates)),
             }
+            if further:  # each further counterfactual's prompt gets its own list: other far items, other order
+                lists = _spread_draws(extra_rng, far_candidates, num_candidates, plan.candidates["C"], further)
+                plan.candidates.update(zip(plan.counterfactuals[1:], lists, strict=True))
         plans.append(plan)
     return plans
 
@@ -209,7 +259,7 @@ def plan_views(
 def semantic_views(
     space: ItemSpace, users: Sequence[str], histories: Sequence[np.ndarray], settings: GeneratorSettings
 ) -> list[dict[str, list[int]]]:
-    """F, R and C of every user of the batch (internal item ids)."""
+    """F, R, C (and C2, ...) of every user of the batch (internal item ids)."""
     return [plan.semantic_views() for plan in plan_views(space, users, histories, settings)]
 
 
@@ -240,6 +290,39 @@ def _round_robin(lists: Sequence[Sequence[int]], limit: int) -> list[int]:
                 if len(out) == limit:
                     return out
     return out
+
+
+def _spread_draws(
+    rng: np.random.Generator, pool: Sequence[int], size: int, first: Sequence[int], count: int
+) -> list[list[int]]:
+    """``count`` draws of ``min(size, len(pool))`` distinct items of ``pool`` (random order) after ``first``.
+
+    A draw takes items that no earlier draw (``first`` included) used while enough are
+    left, then the rest of the pool comes back; a draw equal to an earlier one is
+    drawn again, up to ``_REDRAWS`` times. So draws differ wherever the pool has room,
+    and repeat only when it has not (say, one far item for ``n_c = 4``).
+    """
+    size = min(int(size), len(pool))
+    earlier = {tuple(int(i) for i in first)}
+    used = {int(i) for i in first}
+    draws: list[list[int]] = []
+    for _ in range(count):
+        fresh = [int(i) for i in pool if int(i) not in used]
+        new_round = len(fresh) < size
+        if not new_round:
+            draw = [fresh[i] for i in rng.choice(len(fresh), size=size, replace=False)]
+        else:  # the pool is used up: all that is fresh, the rest from the whole pool, and a new round
+            rest = [int(i) for i in pool if int(i) in used]
+            draw = fresh + [rest[i] for i in rng.choice(len(rest), size=size - len(fresh), replace=False)]
+            draw = [draw[i] for i in rng.permutation(len(draw))]
+        for _ in range(_REDRAWS):
+            if tuple(draw) not in earlier:
+                break
+            draw = [int(pool[i]) for i in rng.choice(len(pool), size=size, replace=False)]
+        used = set(draw) if new_round else used | set(draw)
+        earlier.add(tuple(draw))
+        draws.append(draw)
+    return draws
 
 
 def _sample(rng: np.random.Generator, items: Sequence[int], size: int) -> list[int]:

@@ -12,10 +12,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from recbole_lumos.errors import ConfigurationError
 
 VIEW_NAMES = ("F", "R", "C")
 """The three views of DESIGN.md §2.1: future-oriented, rephrasing, counterfactual."""
+
+
+def counterfactual_names(num_counterfactuals: int = 1) -> tuple[str, ...]:
+    """``("C", "C2", ..., "C{n_c}")``: the first keeps the name ``C`` so that views and caches of ``n_c = 1``
+    are exactly those of the three-view layout."""
+    return ("C", *(f"C{k}" for k in range(2, int(num_counterfactuals) + 1)))
+
+
+def view_names(num_counterfactuals: int = 1) -> tuple[str, ...]:
+    """Every view of a user, in block order: ``F``, ``R``, then :func:`counterfactual_names`."""
+    return ("F", "R", *counterfactual_names(num_counterfactuals))
+
+
+def is_counterfactual(name: str) -> bool:
+    """``C``, ``C2``, ...: the hard negatives (grounded inside their far candidates only)."""
+    return name == "C" or (name.startswith("C") and name[1:].isdigit() and int(name[1:]) >= 2)
+
 
 MODES = ("prompt", "semantic", "auto")
 
@@ -34,6 +53,9 @@ class GeneratorSettings:
     k_f: int = 3
     rho_r: float = 0.3
     rho_c: float = 0.3
+    lumos_num_counterfactuals: int = 1
+    """``n_c``: counterfactual views per user (``C``, ``C2``, ...), each an independent draw from the far pool,
+    so that a one-user client batch has several hard negatives (DESIGN.md §2.3)."""
     lumos_generation: str = "auto"
     lumos_llm: str | None = None
     lumos_llm_file: str | None = None
@@ -58,6 +80,11 @@ class GeneratorSettings:
     show_progress: bool = True
     data_filters: tuple = ()
     """RecBole keys that change which interactions survive loading (part of the split)."""
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """The views each user gets: F, R and the ``lumos_num_counterfactuals`` counterfactuals."""
+        return view_names(int(self.lumos_num_counterfactuals))
 
     @property
     def views_seed(self) -> int:
@@ -113,6 +140,12 @@ class GeneratorSettings:
         ):
             if int(getattr(self, key)) < 1:
                 raise ConfigurationError(f"{key} is {getattr(self, key)}, but it must be at least 1.")
+        n_c = self.lumos_num_counterfactuals
+        if isinstance(n_c, bool) or not isinstance(n_c, int | np.integer) or n_c < 1:
+            raise ConfigurationError(
+                f"lumos_num_counterfactuals is {n_c!r}, but it counts the counterfactual views (C, C2, ...) each "
+                "user gets and must be an integer of at least 1; e.g. --lumos_num_counterfactuals=4."
+            )
         if not 0 <= int(self.k_f) < int(self.MAX_ITEM_LIST_LENGTH):
             raise ConfigurationError(
                 f"k_f is {self.k_f}, but the F view keeps MAX_ITEM_LIST_LENGTH - k_f history items, so k_f must lie "

@@ -1,5 +1,15 @@
 """``ensure_views``: every user's F, R and C views, from the cache or generated (DESIGN.md §2.1-2.2).
 
+With ``lumos_num_counterfactuals = n_c > 1`` each user also gets C2 ... C{n_c}. In
+prompt mode every counterfactual is its own prompt, with its own candidate list (other
+far items, in another order): the answer stays a short list of numbers that a small
+model writes reliably within ``lumos_max_new_tokens``, greedy decoding stays
+deterministic, and grounding, the one stricter retry and the semantic fallback work
+per counterfactual exactly as for C (an unparseable answer costs one view, not all).
+One prompt asking for ``n_c`` lists would need ``n_c`` times the answer length and a
+structure that 135M-parameter models follow poorly; sampling seeds would make
+prompt views depend on the sampler. The cost is ``2 + n_c`` prompts per user.
+
 Data flows one way: RecBole's *training* split -> each user's training history
 (:func:`~recbole_lumos.data.partition.training_histories`) -> views. The full
 ``inter_feat`` (which holds validation and test items) is never read here, so
@@ -22,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recbole_lumos.data.partition import training_histories
+from recbole_lumos.data.noise import client_histories
 from recbole_lumos.errors import ConfigurationError, GenerationError, LumosError
 from recbole_lumos.generation import prompt as prompting
 from recbole_lumos.generation.cache import ViewsFile, cache_key
@@ -37,7 +47,7 @@ from recbole_lumos.generation.grounding import STAGES, Grounding, TitleIndex, gr
 from recbole_lumos.generation.item_text import ItemTexts, dataset_item_texts
 from recbole_lumos.generation.language_model import load_language_model, model_identity
 from recbole_lumos.generation.semantic import ItemSpace, ViewPlan, plan_views
-from recbole_lumos.generation.settings import VIEW_NAMES, GeneratorSettings
+from recbole_lumos.generation.settings import GeneratorSettings, is_counterfactual
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +61,8 @@ class ViewSet:
 
     path: Path
     views: dict[str, dict[str, list[str]]]
-    """User token -> ``{"F": [...], "R": [...], "C": [...]}`` (original item tokens)."""
+    """User token -> ``{"F": [...], "R": [...], "C": [...]}`` (original item tokens), plus ``"C2"`` ...
+    ``"C{n_c}"`` when ``lumos_num_counterfactuals`` is above 1."""
     stats: dict[str, Any]
     mode: str
     """``prompt`` or ``semantic``: the mode actually used."""
@@ -103,7 +114,7 @@ def views_file_for(settings: GeneratorSettings, mode: str) -> ViewsFile:
     """The views file that runs with these settings read and write in ``mode`` (``prompt`` or ``semantic``)."""
     generator = model_identity(settings) if mode == "prompt" else {}
     key = cache_key(settings, mode, generator, embedding_identity(settings))
-    return ViewsFile(settings.lumos_cache_dir, settings.dataset, mode, key)
+    return ViewsFile(settings.lumos_cache_dir, settings.dataset, mode, key)  # its views follow the key's n_c
 
 
 def cached_views_file(settings: GeneratorSettings, what_to_do: str) -> tuple[str, ViewsFile]:
@@ -133,7 +144,7 @@ def ensure_views(config: Any, dataset: Any, train_dataset: Any, *, max_users: in
     mode, why = resolve_mode(settings.lumos_generation, settings.device)
     logger.info("views: %s mode (%s)", mode, why)
 
-    histories = training_histories(train_dataset)
+    histories = client_histories(train_dataset, config)  # what the device holds: its history, with noise_ratio
     user_ids = sorted(histories)
     user_tokens = [str(t) for t in dataset.id2token(dataset.uid_field, np.asarray(user_ids, dtype=np.int64))]
     by_token = dict(sorted(zip(user_tokens, user_ids, strict=True)))
@@ -160,9 +171,9 @@ def ensure_views(config: Any, dataset: Any, train_dataset: Any, *, max_users: in
         finally:
             timings["model_load_seconds"] = job.session.load_seconds
             if views_file.path.is_file():
-                stats = _stats(mode, selected, cached, counters, timings, start, len(todo))
+                stats = _stats(mode, selected, cached, counters, timings, start, len(todo), views_file.view_names)
                 views_file.write_sidecar(stats, counters.as_dict())
-    stats = _stats(mode, selected, cached, counters, timings, start, len(todo))
+    stats = _stats(mode, selected, cached, counters, timings, start, len(todo), views_file.view_names)
     if todo or not views_file.sidecar.is_file():  # a cached call keeps the statistics of the run that generated
         views_file.write_sidecar(stats, counters.as_dict())
     _log_stats(stats)
@@ -261,7 +272,8 @@ class _Generation:
         prompted = self.mode == "prompt"
         chunk = max(1, int(settings.lumos_gen_batch_size)) if prompted else SEMANTIC_CHUNK
         users_todo = list(todo)
-        unit, total = ("prompt", 3 * len(users_todo)) if prompted else ("user", len(users_todo))
+        names = settings.view_names
+        unit, total = ("prompt", len(names) * len(users_todo)) if prompted else ("user", len(users_todo))
         bar = tqdm(total=total, unit=unit, desc=f"{self.mode} views", disable=not settings.show_progress)
         try:
             for begin in range(0, len(users_todo), chunk):
@@ -281,7 +293,7 @@ class _Generation:
                     views = [plan.semantic_views() for plan in plans]
                     bar.update(len(users))
                 done = {
-                    user: {name: tokens[view[name]].tolist() for name in VIEW_NAMES}
+                    user: {name: tokens[view[name]].tolist() for name in names}
                     for user, view in zip(users, views, strict=True)
                 }
                 self.views_file.append(done)
@@ -368,7 +380,7 @@ class _PromptRun:
                     need,
                     self.index,
                     blocked=plan.seen,
-                    catalogue=None if view == "C" else self.catalogue,
+                    catalogue=None if is_counterfactual(view) else self.catalogue,
                 )
             )
         pieces = [piece for g in groundings for piece in g.pending]
@@ -388,7 +400,8 @@ class _PromptRun:
         ]
 
     def views(self, plans: Sequence[ViewPlan], bar: Any) -> list[dict[str, list[int]]]:
-        requests = [(plan, view) for plan in plans for view in VIEW_NAMES]
+        names = self.settings.view_names
+        requests = [(plan, view) for plan in plans for view in names]
         asked = [i for i, (plan, view) in enumerate(requests) if _askable(plan, view)]
         bar.update(len(requests) - len(asked))  # nothing to ask (no candidates or nothing to choose)
         groundings: dict[int, Grounding] = {}
@@ -410,18 +423,19 @@ class _PromptRun:
         out = []
         for u, plan in enumerate(plans):
             chosen = {}
-            for v, view in enumerate(VIEW_NAMES):
-                grounding = groundings.get(3 * u + v)
+            for v, view in enumerate(names):
+                grounding = groundings.get(len(names) * u + v)
                 items = grounding.items if grounding is not None else []
                 for stage in grounding.stages if grounding is not None else []:
                     self.counters.stages[stage] += 1
                 chosen[view] = self._fill(plan, view, items)
-            out.append(plan.assemble(chosen["F"], chosen["R"], chosen["C"]))
+            extra = [chosen[name] for name in plan.counterfactuals[1:]]
+            out.append(plan.assemble(chosen["F"], chosen["R"], chosen["C"], extra))
         return out
 
     def _fill(self, plan: ViewPlan, view: str, items: list[int]) -> list[int]:
         """Grounded items, completed from the semantic construction (counted as ``fallback``)."""
-        fallback = {"F": plan.f_items, "R": plan.r_items, "C": plan.c_items}[view]
+        fallback = plan.semantic_items(view)
         need = len(plan.f_items) if view == "F" else len(fallback)
         filled = list(items[:need])
         for position in range(len(filled), need):
@@ -451,12 +465,13 @@ def _stats(
     timings: dict[str, float],
     start: float,
     generated: int,
+    names: Sequence[str],
 ) -> dict[str, Any]:
     """The statistics of DESIGN.md §2.2 over the selected users (grounding: over every generated user)."""
     present = [views[u] for u in selected if u in views]
-    lengths = {name: [len(v[name]) for v in present] for name in VIEW_NAMES}
+    lengths = {name: [len(v[name]) for v in present] for name in names}
     positions = sum(sum(x) for x in lengths.values())
-    duplicates = sum(len(v[name]) - len(set(v[name])) for v in present for name in VIEW_NAMES)
+    duplicates = sum(len(v[name]) - len(set(v[name])) for v in present for name in names)
     grounded = sum(counters.stages.values())
     stats: dict[str, Any] = {
         "mode": mode,

@@ -4,6 +4,10 @@ One folder per comparison holds ``runs/<model>-seed<seed>.json`` (a run's
 :class:`~recbole_lumos.quick_start.RunResult`, or its error), ``results.csv``,
 ``results.md`` and the plots. A rerun of the same command finds the finished runs
 and skips them, so an interrupted comparison resumes where it stopped.
+
+A row is a model, or a cell of a matrix (``FedSASRec[attack=bandwagon,aggregator=median]``,
+see :mod:`recbole_lumos.cli`). Runs that measured exposure add ``ER@K`` columns, runs
+with local DP an epsilon column (the budget against the server, mean over seeds).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from recbole_lumos.report.plots import write_plots
 from recbole_lumos.report.stats import mean_std, paired_t_test, relative_gain, time_cell, total_bytes_per_client
 
 METRICS = ("hit@10", "hit@20", "ndcg@10", "ndcg@20")
+EXPOSURE_PREFIX = "er@"
 KEY_METRIC = "ndcg@20"
 SIGNIFICANCE = 0.05
 
@@ -37,7 +42,7 @@ class ModelSummary:
 
     def values(self, split: str, metric: str) -> list[float]:
         key = "test_result" if split == "test" else "best_valid_result"
-        return [float(run[key][metric]) for run in self.runs]
+        return [float(run[key][metric]) for run in self.runs if metric in run[key]]
 
     def mean_std(self, split: str, metric: str) -> tuple[float, float]:
         return mean_std(self.values(split, metric))
@@ -97,6 +102,25 @@ def _cell(mean: float, std: float) -> str:
     return "" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
 
 
+def exposure_metrics(rows: Sequence[ModelSummary]) -> list[str]:
+    """The ``er@K`` keys some run's test result holds, by K."""
+    keys = {k for row in rows for run in row.runs for k in run["test_result"] if k.startswith(EXPOSURE_PREFIX)}
+    return sorted(keys, key=lambda k: int(k[len(EXPOSURE_PREFIX) :]))
+
+
+def epsilons(row: ModelSummary) -> list[float]:
+    """Each run's epsilon against the server (local DP runs only)."""
+    return [float(run["privacy"]["epsilon"]) for run in row.runs if run.get("privacy")]
+
+
+def _epsilon_cell(row: ModelSummary) -> str:
+    values = epsilons(row)
+    if not values:
+        return ""
+    delta = row.runs[0]["privacy"]["delta"]
+    return f"{statistics.fmean(values):.3g} (δ {delta:g})"
+
+
 def results_rows(rows: Sequence[ModelSummary]) -> list[dict[str, Any]]:
     """Flat records for ``results.csv``: mean and std of every metric on valid and test, plus costs."""
     records = []
@@ -106,6 +130,18 @@ def results_rows(rows: Sequence[ModelSummary]) -> list[dict[str, Any]]:
             for metric in METRICS:
                 mean, std = row.mean_std(split, metric) if row.runs else (math.nan, math.nan)
                 record[f"{split}_{metric}_mean"], record[f"{split}_{metric}_std"] = mean, std
+        for metric in exposure_metrics(rows):
+            mean, std = row.mean_std("test", metric) if row.runs else (math.nan, math.nan)
+            record[f"test_{metric}_mean"], record[f"test_{metric}_std"] = mean, std
+        if any(epsilons(r) for r in rows):
+            values = epsilons(row)
+            record["dp_epsilon"] = statistics.fmean(values) if values else math.nan
+            record["dp_epsilon_amplified"] = (
+                statistics.fmean(float(r["privacy"]["epsilon_amplified"]) for r in row.runs if r.get("privacy"))
+                if values
+                else math.nan
+            )
+            record["dp_delta"] = row.runs[0]["privacy"]["delta"] if values else math.nan
         runs = row.runs
         record["wall_time_s"] = statistics.fmean(r["wall_time_s"] for r in runs) if runs else math.nan
         cpu = [r.get("cpu_time_s") for r in runs]
@@ -157,7 +193,11 @@ def gains_table(rows: Sequence[ModelSummary], candidate: str, metric: str = KEY_
 
 def markdown_table(rows: Sequence[ModelSummary]) -> str:
     """``results.md``'s main table: test and valid metrics (mean ± std over seeds) and costs."""
-    header = ["model", "seeds", *[f"test {m}" for m in METRICS], *[f"valid {m}" for m in METRICS]]
+    exposure = exposure_metrics(rows)
+    private = any(epsilons(row) for row in rows)
+    header = ["model", "seeds", *[f"test {m}" for m in METRICS], *[f"test {m.upper()}" for m in exposure]]
+    header += [f"valid {m}" for m in METRICS]
+    header += ["ε (local DP)"] if private else []
     header += ["epochs / rounds", "wall time (s)", "CPU time (s)", "MB / client", "views"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row, record in zip(rows, results_rows(rows), strict=True):
@@ -167,7 +207,9 @@ def markdown_table(rows: Sequence[ModelSummary]) -> str:
             continue
         cells = [row.model, ",".join(map(str, row.seeds))]
         cells += [_cell(*row.mean_std("test", m)) for m in METRICS]
+        cells += [_cell(*row.mean_std("test", m)) for m in exposure]
         cells += [_cell(*row.mean_std("valid", m)) for m in METRICS]
+        cells += [_epsilon_cell(row)] if private else []
         cells.append(f"{record['epochs_or_rounds']:.1f}")
         cells += [time_cell(row.runs, "wall_time_s"), time_cell(row.runs, "cpu_time_s")]
         total = record["bytes_per_client_total"]

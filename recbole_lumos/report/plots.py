@@ -4,7 +4,10 @@
   mean over seeds, one line per model;
 * ``accuracy_vs_bytes.png``: test HR@20 against total megabytes sent per client
   (federated models), with central models as dashed reference lines;
-* ``ablation.png``: test NDCG@20 of LUMOS and its ablations, mean ± std over seeds.
+* ``ablation.png``: test NDCG@20 of LUMOS and its ablations, mean ± std over seeds;
+* ``exposure_vs_attack_ratio.png``: test ER@10 against ``attack_ratio``, one line per
+  (model, attack, aggregator), starting from the same model and aggregator without
+  attack (drawn at ratio 0), mean ± std over seeds.
 
 Without matplotlib the figures are skipped with one log line; the tables never are.
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from recbole_lumos.report.stats import mean_std, total_bytes_per_client
 
-ABLATION_ORDER = ("LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-noC", "LUMOS-central")
+ABLATION_ORDER = ("LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-randC", "LUMOS-noC", "LUMOS-central")
 
 
 def mean_curve(runs: Sequence[dict], metric: str = "ndcg@20") -> tuple[list[int], list[float]]:
@@ -31,6 +34,33 @@ def mean_curve(runs: Sequence[dict], metric: str = "ndcg@20") -> tuple[list[int]
                 by_step[int(point["epoch"])].append(float(point[metric]))
     steps = sorted(step for step, values in by_step.items() if len(values) == len(runs))
     return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
+def exposure_lines(runs: Sequence[dict], metric: str = "er@10") -> dict[tuple[str, str, str], list[tuple]]:
+    """``(model, attack, aggregator) -> [(attack_ratio, mean, std), ...]`` by ratio, from runs that measured
+    ``metric``; the runs without attack are the ratio-0 point of every attack line of their model and aggregator."""
+    values: dict[tuple[str, str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if metric not in run.get("test_result", {}):
+            continue
+        config = run.get("config") or {}
+        attack = str(config.get("attack") or "none")
+        ratio = 0.0 if attack == "none" else float(config.get("attack_ratio") or 0.0)
+        key = (str(run["model"]), attack, str(config.get("aggregator") or "fedavg"))
+        values[key][ratio].append(float(run["test_result"][metric]))
+    lines = {}
+    for (model, attack, aggregator), by_ratio in values.items():
+        if attack == "none":
+            continue
+        points = dict(by_ratio)
+        baseline = values.get((model, "none", aggregator), {}).get(0.0)
+        if baseline:
+            points.setdefault(0.0, baseline)
+        lines[(model, attack, aggregator)] = [(r, *mean_std(points[r])) for r in sorted(points)]
+    for (model, attack, aggregator), by_ratio in values.items():  # no attacked line: the baseline alone
+        if attack == "none" and not any(k[0] == model and k[2] == aggregator for k in lines):
+            lines[(model, attack, aggregator)] = [(0.0, *mean_std(by_ratio[0.0]))]
+    return lines
 
 
 def write_plots(folder: Path, rows: Sequence) -> list[Path]:
@@ -105,6 +135,29 @@ def write_plots(folder: Path, rows: Sequence) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         written.append(folder / "ablation.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+
+    # 4. Exposure of the targets against the share of malicious clients.
+    lines = exposure_lines([run for row in rows for run in row.runs])
+    if lines:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        # A colour per (attack, aggregator), a line style per model.
+        settings = sorted({(attack, aggregator) for _, attack, aggregator in lines})
+        models = sorted({model for model, _, _ in lines})
+        palette = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")
+        for (model, attack, aggregator), points in sorted(lines.items()):
+            ratios, means, stds = zip(*points, strict=True)
+            ax.errorbar(ratios, means, yerr=stds, marker="o", markersize=3, capsize=3,
+                        color=palette(settings.index((attack, aggregator)) % palette.N),
+                        linestyle=("-", "--", ":", "-.")[models.index(model) % 4],
+                        label=f"{model}, {attack}, {aggregator}")
+        ax.set_xlabel("attack_ratio (malicious clients per benign client)")
+        ax.set_ylabel("test ER@10 (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(folder / "exposure_vs_attack_ratio.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     return written

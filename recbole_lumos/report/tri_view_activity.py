@@ -132,7 +132,13 @@ def run(argv: Sequence[str]) -> str:
     dataset = create_dataset(config)
     train_data, _, _ = data_preparation(config, dataset)
     views = ensure_views(config, dataset, train_data._dataset).views  # served from the cache checked above
-    blocks = view_blocks(training_histories(train_data._dataset), views, dataset, int(config["MAX_ITEM_LIST_LENGTH"]))
+    blocks = view_blocks(
+        training_histories(train_data._dataset),
+        views,
+        dataset,
+        int(config["MAX_ITEM_LIST_LENGTH"]),
+        int(config["lumos_num_counterfactuals"] or 1),
+    )
     stacked = torch.stack([blocks[user] for user in sorted(blocks)])
     torch.manual_seed(config["seed"])
     untrained = LUMOS(config, train_data._dataset)

@@ -27,7 +27,7 @@ import numpy as np
 
 import recbole_lumos.compat  # noqa: F401  (RecBole workarounds before RecBole is used)
 from recbole_lumos.errors import exit_status
-from recbole_lumos.generation.settings import VIEW_NAMES
+from recbole_lumos.generation.settings import view_names
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,17 @@ def view_quality(
     test_items: Mapping[str, str],
     histories: Mapping[str, Sequence[str]],
     num_items: int,
+    num_counterfactuals: int = 1,
 ) -> list[ViewQuality]:
     """Per-view hit rates of held-out items among new items; users without a validation item are left out.
 
     All arguments use the dataset's original tokens. ``num_items`` counts the catalogue
-    items a view can draw from (RecBole's padding id excluded).
+    items a view can draw from (RecBole's padding id excluded). Every counterfactual
+    (C, C2, ... up to ``num_counterfactuals``) gets its own row.
     """
     users = [u for u in views if u in valid_items]
     rows = []
-    for name in VIEW_NAMES:
+    for name in view_names(num_counterfactuals):
         having = [u for u in users if views[u].get(name)]
         if not having:
             continue
@@ -137,7 +139,9 @@ def run(argv: Sequence[str]) -> str:
     if settings.lumos_max_users is not None:  # the users a run with this limit uses: the first N by token
         views = {user: views[user] for user in sorted(views)[: int(settings.lumos_max_users)]}
     valid_items, test_items = _held_out(valid_data, dataset), _held_out(test_data, dataset)
-    rows = view_quality(views, valid_items, test_items, histories, len(item_tokens) - 1)
+    rows = view_quality(
+        views, valid_items, test_items, histories, len(item_tokens) - 1, int(settings.lumos_num_counterfactuals)
+    )
     table = quality_table(rows)
     print(f"{mode} views of {len(views)} users in {views_file.path}")
     print(table)

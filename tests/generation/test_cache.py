@@ -72,3 +72,87 @@ def test_the_key_follows_every_setting_that_changes_views():
         GeneratorSettings(dataset="tiny", lumos_prompt_version=2), "prompt", {"model": "m"}, {"layers": 8}
     )
     assert key_hash(prompt) != key_hash(newer)
+
+
+def four_counterfactual_file(tmp_path) -> ViewsFile:
+    return ViewsFile(tmp_path, "tiny", "semantic", {"seed": 1, "num_counterfactuals": 4})
+
+
+FOUR = {
+    "u1": {**VIEWS["u1"], "C2": ["1", "8"], "C3": ["1", "6"], "C4": ["3", "2"]},
+    "u2": {**VIEWS["u2"], "C2": ["3", "7"], "C3": ["9", "6"], "C4": ["3", "1"]},
+}
+
+
+def test_the_key_hash_of_one_counterfactual_is_unchanged_so_existing_files_stay_valid():
+    # Hashes computed before lumos_num_counterfactuals existed, with the same settings.
+    ml = GeneratorSettings(dataset="ml-100k")
+    assert key_hash(cache_key(ml, "semantic", {}, {"layers": 8})) == "4372b7b11b28"
+    assert key_hash(cache_key(ml, "prompt", {"model": "m"}, {"layers": 8})) == "8991ce2ac0bc"
+    split = GeneratorSettings(
+        dataset="tiny",
+        seed=7,
+        rho_c=0.5,
+        eval_args={"split": {"LS": "valid_and_test"}},
+        data_filters=(("USER_ID_FIELD", "'user_id'"),),
+        lumos_num_counterfactuals=1,
+    )
+    assert key_hash(cache_key(split, "semantic", {}, {"layers": 8})) == "1e33eae6ab93"
+    assert "num_counterfactuals" not in cache_key(ml, "semantic", {}, {"layers": 8})
+
+
+def test_the_key_holds_the_number_of_counterfactuals_above_one():
+    one = GeneratorSettings(dataset="tiny")
+    for mode, generator in (("semantic", {}), ("prompt", {"model": "m"})):
+        keys = [
+            cache_key(GeneratorSettings(dataset="tiny", lumos_num_counterfactuals=n), mode, generator, {"layers": 8})
+            for n in (1, 2, 4)
+        ]
+        assert len({key_hash(k) for k in keys}) == 3
+    four = cache_key(GeneratorSettings(dataset="tiny", lumos_num_counterfactuals=4), "semantic", {}, {"layers": 8})
+    assert four["num_counterfactuals"] == 4
+    assert {k: v for k, v in four.items() if k != "num_counterfactuals"} == cache_key(
+        one, "semantic", {}, {"layers": 8}
+    )
+
+
+def test_rows_of_further_counterfactuals_round_trip(tmp_path):
+    file = four_counterfactual_file(tmp_path)
+    assert file.view_names == ("F", "R", "C", "C2", "C3", "C4")
+    file.append(FOUR)
+    assert file.path.read_text().splitlines()[4:7] == ["u1\tC2\t1 8", "u1\tC3\t1 6", "u1\tC4\t3 2"]
+    assert file.load(users={"u1", "u2"}, items=set("123456789")) == FOUR
+
+
+def test_a_file_with_fewer_counterfactuals_than_asked_is_never_used(tmp_path):
+    four = four_counterfactual_file(tmp_path)
+    one = ViewsFile(tmp_path, "tiny", "semantic", {"seed": 1})
+    assert one.path != four.path  # n_c is in the key: another file
+    one.append(VIEWS)
+    four.path.write_bytes(one.path.read_bytes())  # three-view rows where four counterfactuals are asked for
+    assert four.load() == {}  # every user lacks C2..C4: redone, not used
+    assert four.path.read_text() == f"{HEADER}\n"
+    four.append({"u1": FOUR["u1"]})
+    lines = four.path.read_text().splitlines(keepends=True)
+    partial = {k: v for k, v in FOUR["u2"].items() if k != "C3"}
+    four.path.write_text("".join(lines) + "".join(f"u2\t{k}\t{' '.join(v)}\n" for k, v in partial.items()))
+    assert four.load() == {"u1": FOUR["u1"]}  # u2 without C3 is incomplete
+    assert four.path.read_text() == "".join(lines)
+
+
+def test_counterfactual_rows_the_key_does_not_have_are_a_clear_error(tmp_path):
+    one = ViewsFile(tmp_path, "tiny", "semantic", {"seed": 1})
+    one.path.write_text(f"{HEADER}\nu1\tC2\t1 2\n")
+    with pytest.raises(AtomicFileError, match=r"unknown view 'C2' \(views are F, R, C\)") as error:
+        one.load()
+    assert "Delete it" in str(error.value)
+    four = four_counterfactual_file(tmp_path)
+    four.path.write_text(f"{HEADER}\nu1\tC5\t1 2\n")
+    with pytest.raises(AtomicFileError, match=r"unknown view 'C5' \(views are F, R, C, C2, C3, C4\)"):
+        four.load()
+    four.path.write_text(f"{HEADER}\nu1\tC2\t1 2\textra\n")
+    with pytest.raises(AtomicFileError, match="4 tab-separated cells instead of 3"):
+        four.load()
+    four.path.write_text(f"{HEADER}\nu1\tC3\t1 2\nu1\tC3\t1 2\n")
+    with pytest.raises(AtomicFileError, match="second C3 row"):
+        four.load()

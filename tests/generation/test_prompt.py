@@ -63,3 +63,11 @@ def test_a_tokenizer_without_chat_template_gets_a_transcript():
 
     text = render(Plain(), [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
     assert text == "System: S\nUser: U\nAssistant:"
+
+
+def test_a_further_counterfactual_asks_the_counterfactual_question_over_its_own_candidates():
+    further = plan()
+    further.c_extra, further.candidates["C2"] = [[6]], [6, 5]
+    text = build_messages("C2", further, TEXTS, history_size=3)[-1]["content"]
+    assert "dislike" in text and "1. Item number 6" in text and "2. Item number 5" in text
+    assert "Which 1 candidates" in text  # one per replaced position, as for C

@@ -86,3 +86,66 @@ def test_candidates_are_unseen_and_of_the_requested_size():
     for view in ("F", "R", "C"):
         assert len(plan.candidates[view]) == 5 and not set(plan.candidates[view]) & set(history.tolist())
     assert set(plan.candidates["C"]) <= set(range(11, 21))
+
+
+def settings_with(**changes) -> GeneratorSettings:
+    return GeneratorSettings(**{**SETTINGS.__dict__, **changes})
+
+
+def test_further_counterfactuals_are_distinct_far_draws_at_the_same_positions():
+    space = clustered_space()
+    history = np.array([1, 2, 3, 4, 5, 6, 7, 8])
+    four = settings_with(lumos_num_counterfactuals=4, lumos_far_fraction=0.5)
+    plan = plan_views(space, ["u"], [history], four)[0]
+    views = plan.semantic_views()
+    names = ["C", "C2", "C3", "C4"]
+    assert list(views) == ["F", "R", *names] and plan.counterfactuals == names
+    assert len({tuple(views[n]) for n in names}) == 4  # four different counterfactuals
+    recent = history.tolist()
+    for name in names:
+        assert views[name][:6] == recent[:6]  # the same positions (the last rho_c share) are replaced
+        assert set(views[name][6:]) <= set(range(11, 21))  # by far items, never seen ones
+    replaced = [i for n in names for i in views[n][6:]]
+    assert len(set(replaced)) == len(replaced) == 8  # the pool is gone through before an item comes back
+
+
+def test_f_r_and_c_do_not_change_with_the_number_of_counterfactuals():
+    space = clustered_space()
+    rng = np.random.default_rng(2)
+    histories = [rng.choice(np.arange(1, 21), size=rng.integers(3, 12), replace=False) for _ in range(5)]
+    users = [f"u{i}" for i in range(5)]
+    one = semantic_views(space, users, histories, SETTINGS)
+    four = semantic_views(space, users, histories, settings_with(lumos_num_counterfactuals=4))
+    six = semantic_views(space, users, histories, settings_with(lumos_num_counterfactuals=6))
+    for a, b, c in zip(one, four, six, strict=True):
+        assert {k: b[k] for k in ("F", "R", "C")} == a  # a views file of n_c = 1 keeps its content
+        assert {k: c[k] for k in b} == b  # the first counterfactuals of a larger n_c are those of a smaller
+    assert four == semantic_views(space, users, histories, settings_with(lumos_num_counterfactuals=4))
+    alone = [
+        semantic_views(space, [u], [h], settings_with(lumos_num_counterfactuals=4))[0]
+        for u, h in zip(users, histories, strict=True)
+    ]
+    assert alone == four  # per user, not per batch
+    reseeded = semantic_views(space, users, histories, settings_with(lumos_num_counterfactuals=4, seed=9))
+    assert [v["C2"] for v in reseeded] != [v["C2"] for v in four]
+
+
+def test_counterfactuals_repeat_only_when_the_far_pool_is_too_small():
+    space = clustered_space()
+    space.pool[12:21] = False  # the farthest item left is 11
+    tight = settings_with(lumos_num_counterfactuals=3, lumos_far_fraction=0.01)  # a far pool of one item
+    views = semantic_views(space, ["u"], [np.array([1, 2, 3, 4])], tight)[0]
+    assert views["C"] == views["C2"] == views["C3"] == [1, 2, 3, 11]
+
+
+def test_each_counterfactual_prompt_gets_its_own_far_candidates():
+    space = clustered_space()
+    history = np.array([1, 2, 3, 4, 5, 6])
+    three = settings_with(lumos_num_counterfactuals=3, lumos_far_fraction=0.5)
+    plan = plan_views(space, ["u"], [history], three, num_candidates=4)[0]
+    lists = [plan.candidates[n] for n in ("C", "C2", "C3")]
+    assert all(len(c) == 4 and set(c) <= set(range(11, 21)) for c in lists)
+    assert len({tuple(c) for c in lists}) == 3
+    semantic = plan_views(space, ["u"], [history], three)[0]
+    assert plan.c_extra == semantic.c_extra  # candidates never change the semantic fallback
+    assert plan.semantic_items("C3") == plan.c_extra[1] and plan.semantic_items("C") == plan.c_items

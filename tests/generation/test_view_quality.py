@@ -29,6 +29,14 @@ def test_hits_are_counted_among_new_items_against_chance_by_hand():
     assert (c.valid_hit, c.test_hit) == (0.0, pytest.approx(0.5))  # b: 7 among C's new items
 
 
+def test_every_counterfactual_gets_its_own_row():
+    views = {"a": {"F": ["1"], "R": ["3"], "C": ["9"], "C2": ["2"], "C3": ["4"]}}
+    rows = view_quality(views, {"a": "2"}, {"a": "4"}, {"a": ["1", "3"]}, num_items=10, num_counterfactuals=3)
+    assert [r.view for r in rows] == ["F", "R", "C", "C2", "C3"]
+    assert [(r.valid_hit, r.test_hit) for r in rows[2:]] == [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+    assert [r.view for r in view_quality(views, {"a": "2"}, {"a": "4"}, {"a": ["1"]}, num_items=10)] == ["F", "R", "C"]
+
+
 def test_the_command_reads_cached_views_and_never_generates(tiny_data, tiny_lm, tmp_path, capsys):
     argv = [
         "--dataset=tiny",

@@ -9,8 +9,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from recbole_lumos.data.partition import training_histories
-from recbole_lumos.errors import GenerationError, LanguageModelError
-from recbole_lumos.generation import VIEW_NAMES, ensure_views
+from recbole_lumos.errors import ConfigurationError, GenerationError, LanguageModelError
+from recbole_lumos.generation import VIEW_NAMES, counterfactual_names, ensure_views, view_names
 from recbole_lumos.generation import prompt as prompting
 from recbole_lumos.generation import views as views_module
 from recbole_lumos.generation.semantic import share
@@ -24,25 +24,30 @@ def histories_by_token(dataset, train_dataset) -> dict[str, list[str]]:
     return out
 
 
-def chosen_items(view_set, dataset, train_dataset, L: int = 10) -> int:
-    """Items the prompts choose: k_f (3) for F, plus the replaced share (0.3) of R and C."""
+def chosen_items(view_set, dataset, train_dataset, L: int = 10, n_c: int = 1) -> int:
+    """Items the prompts choose: k_f (3) for F, plus the replaced share (0.3) of R and of every counterfactual."""
     histories = histories_by_token(dataset, train_dataset)
-    return sum(3 + 2 * share(0.3, min(len(histories[u]), L)) for u in view_set.views)
+    return sum(3 + (1 + n_c) * share(0.3, min(len(histories[u]), L)) for u in view_set.views)
 
 
 def assert_layout(view_set, dataset, train_dataset, config) -> None:
-    L, k_f = config["MAX_ITEM_LIST_LENGTH"], config["k_f"]
+    """F, R and every counterfactual follow DESIGN.md §2.1, from the user's training history alone."""
+    L, k_f, n_c = config["MAX_ITEM_LIST_LENGTH"], config["k_f"], config["lumos_num_counterfactuals"]
     catalogue = set(map(str, dataset.field2id_token[dataset.iid_field][1:]))
     histories = histories_by_token(dataset, train_dataset)
     for user, views in view_set.views.items():
         history = histories[user]
-        assert set(views) == set(VIEW_NAMES)
+        assert list(views) == list(view_names(n_c))
         for items in views.values():
             assert set(items) <= catalogue
         assert views["F"][: min(len(history), L - k_f)] == history[-(L - k_f) :]
         appended = views["F"][min(len(history), L - k_f) :]
         assert len(appended) == k_f and not set(appended) & set(history)
-        assert len(views["R"]) == len(views["C"]) == min(len(history), L)
+        assert len(views["R"]) == min(len(history), L)
+        recent, kept = history[-L:], len(history[-L:]) - share(config["rho_c"], len(history[-L:]))
+        for name in counterfactual_names(n_c):  # the recent history, its last rho_c share replaced by unseen items
+            assert len(views[name]) == len(recent) and views[name][:kept] == recent[:kept]
+            assert not set(views[name][kept:]) & set(history)
 
 
 def test_semantic_views_end_to_end(prepare, tiny_data, tiny_lm):
@@ -79,6 +84,65 @@ def test_prompt_views_end_to_end_with_real_generation(prepare, tiny_data, tiny_l
     assert stats["prompts"] == 18
     assert sum(stats["grounding_counts"].values()) == chosen_items(view_set, dataset, train)
     assert abs(sum(stats["grounding_rate"].values()) - 1) < 1e-3
+
+
+def test_prompt_mode_writes_every_counterfactual_with_real_generation(prepare, tiny_data, tiny_lm, monkeypatch):
+    config, dataset, train = prepare(
+        "tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt", lumos_num_counterfactuals=3
+    )
+    prompts_seen = []
+    original = prompting.generate_answers
+
+    def spy(model, tokenizer, prompts, **kwargs):
+        prompts_seen.extend(prompts)
+        return original(model, tokenizer, prompts, **kwargs)
+
+    monkeypatch.setattr(prompting, "generate_answers", spy)
+    view_set = ensure_views(config, dataset, train, max_users=4)
+    assert view_set.path.name.startswith("tiny-prompt-") and len(view_set.views) == 4
+    assert_layout(view_set, dataset, train, config)  # F, R, C, C2, C3 for every user
+    stats = view_set.stats
+    assert stats["prompts"] == 4 * 5 and set(stats["mean_length"]) == {"F", "R", "C", "C2", "C3"}
+    assert sum(stats["grounding_counts"].values()) == chosen_items(view_set, dataset, train, n_c=3)
+    first = [p for p in prompts_seen[:20] if "dislike" in p]
+    assert len(first) == 4 * 3 and len(set(first)) == 12  # each counterfactual prompt has its own candidates
+    lines = view_set.path.read_text().splitlines()
+    assert [line.split("\t")[1] for line in lines[1:6]] == ["F", "R", "C", "C2", "C3"]
+
+
+def test_more_counterfactuals_on_ml_100k_are_distinct_and_reproducible(prepare, tiny_lm, tmp_path):
+    """n_c = 4 semantic views of the first users of ml-100k: four different counterfactuals each, the same
+    in a fresh cache, laid out on the training history alone; F, R and C are those of n_c = 1."""
+    config, dataset, train = prepare(
+        "ml-100k",
+        SHARED_DATA,
+        lumos_llm=str(tiny_lm),
+        lumos_generation="semantic",
+        MAX_ITEM_LIST_LENGTH=50,
+        lumos_max_users=25,
+        lumos_cache_dir=str(tmp_path / "a"),
+        lumos_num_counterfactuals=4,
+    )
+    four = ensure_views(config, dataset, train)
+    assert len(four.views) == 25
+    assert_layout(four, dataset, train, config)
+    for views in four.views.values():
+        assert len({tuple(views[name]) for name in ("C", "C2", "C3", "C4")}) == 4
+    config["lumos_cache_dir"] = str(tmp_path / "b")
+    again = ensure_views(config, dataset, train)
+    assert again.views == four.views and not again.stats["from_cache"]
+    config["lumos_num_counterfactuals"] = 1
+    one = ensure_views(config, dataset, train)
+    assert one.path.parent == again.path.parent and one.path.name != again.path.name  # n_c is in the key
+    assert {u: {k: v[k] for k in VIEW_NAMES} for u, v in four.views.items()} == one.views
+
+
+def test_fewer_than_one_counterfactual_is_a_configuration_error(prepare, tiny_data, tiny_lm):
+    config, dataset, train = prepare(
+        "tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic", lumos_num_counterfactuals=0
+    )
+    with pytest.raises(ConfigurationError, match="lumos_num_counterfactuals is 0"):
+        ensure_views(config, dataset, train)
 
 
 def test_indices_in_answers_choose_the_items(prepare, tiny_data, tiny_lm, monkeypatch):
@@ -137,13 +201,19 @@ def test_an_interrupted_run_resumes_with_the_missing_users_only(prepare, tiny_da
     assert resumed.stats["generated_users"] == 30
 
 
-def test_validation_and_test_items_never_reach_prompts_views_or_keys(marker_data, prepare, tiny_lm, monkeypatch):
+@pytest.mark.parametrize("n_c", [1, 3])
+def test_validation_and_test_items_never_reach_prompts_views_or_keys(marker_data, prepare, tiny_lm, monkeypatch, n_c):
     data = marker_data
     markers = re.compile(r"\b(?:val|test)\d+\b|Marker item|Secret test")
     # Pool "train": marker items cannot be picked by content similarity either, so any marker
     # in a prompt, a candidate list, a view or a key could only have come from a leak.
     config, dataset, train = prepare(
-        "marked", data, lumos_llm=str(tiny_lm), lumos_generation="prompt", lumos_item_pool="train"
+        "marked",
+        data,
+        lumos_llm=str(tiny_lm),
+        lumos_generation="prompt",
+        lumos_item_pool="train",
+        lumos_num_counterfactuals=n_c,
     )
     prompts_seen, candidates_seen = [], []
     original = views_module.plan_views
@@ -163,12 +233,13 @@ def test_validation_and_test_items_never_reach_prompts_views_or_keys(marker_data
     monkeypatch.setattr(prompting, "generate_answers", answer)
     view_set = ensure_views(config, dataset, train)
     semantic = ensure_views(_semantic(config), dataset, train)
-    assert len(view_set.views) == 12 and prompts_seen and candidates_seen
+    assert len(view_set.views) == 12 and len(prompts_seen) >= 12 * (2 + n_c) and candidates_seen
     for prompt in prompts_seen:
         assert not markers.search(prompt), prompt
     assert not [c for c in candidates_seen if markers.search(c)]
     for result in (view_set, semantic):
         for views in result.views.values():
+            assert list(views) == list(view_names(n_c))  # every counterfactual is checked below
             for items in views.values():
                 assert not [t for t in items if markers.search(t)]
         assert not markers.search(result.path.name)
@@ -181,8 +252,11 @@ def _semantic(config):
     return config
 
 
-def test_garbage_answers_are_retried_once_then_fall_back(prepare, tiny_data, tiny_lm, monkeypatch):
-    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt")
+@pytest.mark.parametrize("n_c", [1, 2])
+def test_garbage_answers_are_retried_once_then_fall_back(prepare, tiny_data, tiny_lm, monkeypatch, n_c):
+    config, dataset, train = prepare(
+        "tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="prompt", lumos_num_counterfactuals=n_c
+    )
     calls = []
 
     def garbage(model, tokenizer, prompts, **kwargs):
@@ -191,12 +265,13 @@ def test_garbage_answers_are_retried_once_then_fall_back(prepare, tiny_data, tin
 
     monkeypatch.setattr(prompting, "generate_answers", garbage)
     view_set = ensure_views(config, dataset, train, max_users=3)
-    assert len(calls) == 2 and len(calls[0]) == len(calls[1]) == 9  # every prompt retried once
+    prompts = 3 * (2 + n_c)  # three users, F, R and n_c counterfactuals each
+    assert len(calls) == 2 and len(calls[0]) == len(calls[1]) == prompts  # every prompt retried once
     assert all("Reply with exactly" in p for p in calls[1])
     stats = view_set.stats
-    assert stats["retried_prompts"] == 9 and stats["fallback_rate"] == 1.0
+    assert stats["retried_prompts"] == prompts and stats["fallback_rate"] == 1.0
     assert (
-        stats["grounding_counts"]["fallback"] == chosen_items(view_set, dataset, train)
+        stats["grounding_counts"]["fallback"] == chosen_items(view_set, dataset, train, n_c=n_c)
         and stats["grounding_rate"]["fallback"] == 1.0
     )
     assert_layout(view_set, dataset, train, config)

@@ -100,3 +100,35 @@ def test_time_cells_average_and_flag_runs_whose_earlier_segments_are_unknown():
     assert time_cell([*runs, {"wall_time_s": 50.0}], "cpu_time_s") == ""  # a run without CPU time
     partial = [runs[0], {**runs[1], "time_complete": False}]
     assert time_cell(partial, "wall_time_s") == ">=200"
+
+
+def _robust_run(model, seed, attack, ratio, er10, epsilon=None):
+    record = _run(model, seed, 0.1)
+    record["test_result"] = {**record["test_result"], "er@10": er10, "er@20": 2 * er10}
+    record["config"] = {"attack": attack, "attack_ratio": ratio, "aggregator": "median"}
+    if epsilon is not None:
+        record["privacy"] = {"epsilon": epsilon, "epsilon_amplified": epsilon / 2, "delta": 1e-5}
+    return record
+
+
+def test_exposure_and_epsilon_columns_and_the_exposure_lines(tmp_path):
+    from recbole_lumos.report.plots import exposure_lines
+
+    store = ComparisonStore(tmp_path)
+    cells = {"A[attack=none]": ("none", 0.1), "A[attack=bandwagon]": ("bandwagon", 0.1)}
+    for seed, (base, attacked) in enumerate([(0.01, 0.30), (0.03, 0.50)], start=1):
+        store.save_run("A[attack=none]", seed, _robust_run("A", seed, "none", 0.1, base, epsilon=2.0 * seed))
+        store.save_run("A[attack=bandwagon]", seed, _robust_run("A", seed, "bandwagon", 0.1, attacked))
+    rows = store.summaries(list(cells), [1, 2])
+    table = markdown_table(rows)
+    assert "| test ER@10 | test ER@20 |" in table and "ε (local DP)" in table
+    # ER@10 of the attacked cell: mean 0.40, sample std 0.1414; the no-attack cell's epsilon: mean of 2 and 4.
+    assert "| A[attack=bandwagon] | 1,2 | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 | 0.0500 ± 0.0000 | 0.1000 ± 0.0000 | " \
+           "0.4000 ± 0.1414 | 0.8000 ± 0.2828 |" in table
+    assert "| 3 (δ 1e-05) |" in table
+    lines = exposure_lines([run for row in rows for run in row.runs])
+    # The attacked line starts at the same model and aggregator without attack (ratio 0): mean 0.02.
+    assert list(lines) == [("A", "bandwagon", "median")]
+    (r0, m0, s0), (r1, m1, s1) = lines[("A", "bandwagon", "median")]
+    assert (r0, r1) == (0.0, 0.1) and m0 == pytest.approx(0.02) and m1 == pytest.approx(0.4)
+    assert s1 == pytest.approx(math.sqrt(0.02))

@@ -1,0 +1,159 @@
+"""The LUMOS study (issue 16): a grid of LUMOS settings against FedSASRec, run to early stop.
+
+Every cell is a set of command-line overrides; every (cell, seed) is one run of
+``run_recbole_lumos.py`` into ``<out>/<cell>/`` (the comparison store), so a killed
+study resumes: a run whose ``runs/<Model>-seed<N>.json`` exists is skipped, and an
+interrupted one restarts from its ``last.ckpt``. Runs go seed by seed (every cell at
+the first seed, then every cell at the next), so a partial study is balanced.
+
+    python benchmarks/lumos_study.py --out saved/lumos-study --seeds 2020 2021 2022 --jobs 2
+    python benchmarks/lumos_study.py --out saved/lumos-study --table    # the table so far
+
+The table gives, per cell, the mean ± std of the best valid NDCG@20 (the selection
+criterion) and of the test metrics over the seeds it has, the paired gain in test
+NDCG@20 against FedSASRec over the common seeds with a paired t-test, and CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from recbole_lumos.report.stats import mean_std, paired_t_test
+
+BASE_CONFIG = "properties/experiment/cpu-small.yaml"
+BASE = [
+    "--dataset=ml-100k",
+    f"--config_files={BASE_CONFIG}",
+    "--show_progress=False",
+]
+BASELINE = "FedSASRec"
+
+
+def grid() -> dict[str, list[str]]:
+    """Cell name -> overrides. n_c x view augmentation x lambda_cl, then the cells trends asked for."""
+    cells = {BASELINE: ["--model=FedSASRec"]}
+    for n_c in (1, 4, 16):
+        for aug in (0.0, 0.5):
+            for lam in (0.1, 0.5):
+                cells[f"nc{n_c}-aug{aug:g}-l{lam:g}"] = [
+                    "--model=LUMOS",
+                    f"--lumos_num_counterfactuals={n_c}",
+                    f"--lumos_aug_weight={aug}",
+                    f"--lambda_cl={lam}",
+                ]
+    cells["nc16-aug0-l0.5-items16"] = cells["nc16-aug0-l0.5"] + ["--lumos_item_negatives=16"]
+    cells["nc16-aug0.5-l0.5-items16"] = cells["nc16-aug0.5-l0.5"] + ["--lumos_item_negatives=16"]
+    cells["nc1-aug0.5-l0"] = ["--model=LUMOS", "--lumos_aug_weight=0.5", "--lambda_cl=0"]
+    paper = [f"--config_files={BASE_CONFIG},properties/experiment/paper-protocol.yaml"]
+    cells[f"paper-{BASELINE}"] = cells[BASELINE] + paper
+    cells["paper-LUMOS"] = ["--model=LUMOS", *paper]
+    return cells
+
+
+def baseline_of(cell: str) -> str:
+    """The FedSASRec cell a cell is compared with: the one trained on the same recipe."""
+    return f"paper-{BASELINE}" if cell.startswith("paper-") else BASELINE
+
+
+def model_of(overrides: list[str]) -> str:
+    return next(o.split("=", 1)[1] for o in overrides if o.startswith("--model="))
+
+
+def run_path(out: Path, cell: str, overrides: list[str], seed: int) -> Path:
+    return out / cell / "runs" / f"{model_of(overrides)}-seed{seed}.json"
+
+
+def run_one(out: Path, cell: str, overrides: list[str], seed: int, data_path: str) -> tuple[str, int, float, int]:
+    log = out / cell / f"seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "run_recbole_lumos.py", *BASE, *overrides, f"--data_path={data_path}"]
+    command += [f"--seed={seed}", "--seeds=1", f"--results_dir={out / cell}"]
+    start = time.time()
+    with log.open("a") as handle:
+        code = subprocess.call(
+            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+    return cell, seed, time.time() - start, code
+
+
+def table(out: Path, cells: dict[str, list[str]]) -> str:
+    runs: dict[str, dict[int, dict]] = {}
+    for cell, overrides in cells.items():
+        for path in sorted((out / cell / "runs").glob(f"{model_of(overrides)}-seed*.json")):
+            run = json.loads(path.read_text())
+            if "test_result" in run:
+                runs.setdefault(cell, {})[int(run["seed"])] = run
+    lines = [
+        "| cell | seeds | valid NDCG@20 | test HR@20 | test NDCG@20 | test gain | t | p | rounds | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        got = runs.get(cell, {})
+        if not got:
+            continue
+        seeds = sorted(got)
+
+        def column(key: str, split: str = "test_result", of: dict = got, seeds: list[int] = seeds) -> list[float]:
+            return [float(of[s][split][key]) for s in seeds]
+
+        def shown(values: list[float]) -> str:
+            mean, std = mean_std(values)
+            return f"{mean:.4f} ± {std:.4f}"
+
+        valid = shown(column("ndcg@20", "best_valid_result"))
+        gain = t = p = ""
+        base = runs.get(baseline_of(cell), {})
+        common = [s for s in seeds if s in base]
+        if cell != baseline_of(cell) and len(common) >= 2:
+            ours = [float(got[s]["test_result"]["ndcg@20"]) for s in common]
+            theirs = [float(base[s]["test_result"]["ndcg@20"]) for s in common]
+            gain = f"{100 * (sum(ours) / sum(theirs) - 1):+.1f}%"
+            stat, pvalue = paired_t_test(ours, theirs)
+            t, p = f"{stat:.2f}", f"{pvalue:.3f}"
+        rounds = sum(int(got[s].get("epochs") or 0) for s in seeds) / len(seeds)
+        cpu = sum(float(got[s].get("cpu_time_s") or 0) for s in seeds) / len(seeds)
+        lines.append(
+            f"| {cell} | {','.join(map(str, seeds))} | {valid} | {shown(column('hit@20'))} | "
+            f"{shown(column('ndcg@20'))} | {gain} | {t} | {p} | {rounds:.0f} | {cpu:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("saved/lumos-study"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022, 2023, 2024])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="cells to run (default: all)")
+    parser.add_argument("--data_path", default="../shared/datasets")
+    parser.add_argument("--table", action="store_true", help="print the table of stored runs and exit")
+    args = parser.parse_args()
+    cells = grid()
+    if args.table:
+        print(table(args.out, cells))
+        return
+    chosen = {c: o for c, o in cells.items() if not args.only or c in args.only}
+    todo = [
+        (cell, overrides, seed)
+        for seed in args.seeds
+        for cell, overrides in chosen.items()
+        if not run_path(args.out, cell, overrides, seed).exists()
+    ]
+    print(f"{len(todo)} runs to do", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_one, args.out, c, o, s, args.data_path) for c, o, s in todo]
+        for future in futures:
+            cell, seed, seconds, code = future.result()
+            print(f"{cell} seed {seed}: {'ok' if code == 0 else f'exit {code}'} in {seconds:.0f} s", flush=True)
+    print(table(args.out, cells))
+
+
+if __name__ == "__main__":
+    main()
