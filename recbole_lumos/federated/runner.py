@@ -179,6 +179,19 @@ def validation_curve(logs: Path) -> list[dict[str, float]]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
+def check_resumable(checkpoint: Path, epochs: int) -> None:
+    """Refuse, with the way out, a checkpoint that already trained past ``epochs`` (Lightning would
+    stop with a MisconfigurationException deep inside ``fit``); the checkpoint is left as it is."""
+    if not checkpoint.is_file():
+        raise ConfigurationError(f"resume={checkpoint} is not a file; pass a Lightning last.ckpt, or ~ to start anew.")
+    done = int(load_trusted(checkpoint).get("epoch", -1)) + 1
+    if done > epochs:
+        raise ConfigurationError(
+            f"{checkpoint} has already trained {done} rounds/epochs, more than --epochs={epochs}. Raise --epochs to "
+            f"continue that run, or pass another --checkpoint_dir to start a new one (the checkpoint is kept)."
+        )
+
+
 def keep_earlier_metrics(logs: Path) -> None:
     """Before a resumed run's logger rewrites ``metrics.csv``, keep the rows logged so far."""
     current = logs / "metrics.csv"
@@ -238,6 +251,7 @@ def run_lightning(
         callbacks.append(TQDMProgressBar())
     resume = config["resume"] or (str(folder / "last.ckpt") if (folder / "last.ckpt").is_file() else None)
     if resume:
+        check_resumable(Path(resume), int(config["epochs"]))
         logger.info("resuming from %s", resume)
         keep_earlier_metrics(folder / "logs")
     loggers: list[Any] = [CSVLogger(str(folder), name="logs", version="")]

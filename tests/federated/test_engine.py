@@ -9,6 +9,7 @@ from conftest import TINY_ENGINE, write_tiny_dataset
 from recbole_lumos.checkpoint import evaluate_checkpoint
 from recbole_lumos.compat import load_trusted
 from recbole_lumos.config import build_config
+from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.runner import run_name
 from recbole_lumos.quick_start import run_model
 
@@ -154,6 +155,17 @@ def test_a_run_resumed_from_a_checkpoint_without_a_clock_says_its_time_is_partia
     resumed = run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 3})
     assert resumed.epochs == 3
     assert not resumed.time_complete
+
+
+def test_resuming_a_run_that_went_past_the_budget_is_a_clear_error_and_keeps_the_checkpoint(tiny_data, tmp_path):
+    settings = {**TINY, "data_path": str(tiny_data), "checkpoint_dir": str(tmp_path), "epochs": 3}
+    run_model("FedSASRec", "tiny", overrides=settings)
+    last = next(tmp_path.glob("FedSASRec-tiny-*/last.ckpt"))
+    before = last.read_bytes()
+    with pytest.raises(ConfigurationError, match="already trained 3 rounds.*Raise --epochs"):
+        run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 2})
+    assert last.read_bytes() == before
+    assert run_model("FedSASRec", "tiny", overrides={**settings, "epochs": 4}).epochs == 4
 
 
 def test_a_moved_run_folder_keeps_its_best_score_and_resumes_from_the_new_place(tiny_data, tmp_path):
