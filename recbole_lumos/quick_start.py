@@ -27,6 +27,7 @@ from recbole.utils import get_local_time, get_trainer, init_logger, init_seed, s
 
 from recbole_lumos.config import build_config
 from recbole_lumos.data.atomic_files import ensure_dataset
+from recbole_lumos.data.partition import release_prefix_samples
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.client_model import needs_views
 from recbole_lumos.model.registry import resolve_model
@@ -219,6 +220,7 @@ def run_model(
     data = (datasets or DatasetCache()).get(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    del data  # this run's copy: the splits hold what they need
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = spec.model_class(config, train_data._dataset).to(config["device"])
@@ -253,6 +255,9 @@ def run_model(
         extra["epochs"] = len(trainer.train_loss_dict)
     else:
         from recbole_lumos.federated.runner import run_lightning
+
+        freed = release_prefix_samples(train_data._dataset)
+        logger.info("all-position training: %.0f MB of RecBole's prefix samples released", freed / 2**20)
 
         outcome = run_lightning(config, recommender, train_data, valid_data, test_data, clock)
         best_valid_result, test_result = outcome["best_valid_result"], outcome["test_result"]

@@ -56,6 +56,25 @@ def training_histories(train_dataset) -> dict[int, torch.Tensor]:
     return histories
 
 
+def release_prefix_samples(train_dataset) -> int:
+    """Cut RecBole's prefix samples of the training split to their first item; the bytes freed.
+
+    RecBole's sequential data preparation stores, for every training row, its whole
+    ``[L]`` prefix of items and of timestamps: 561 MB on ml-1m at L 50. All-position
+    training reads only each user's history, which :func:`training_histories` rebuilds
+    from a row's first item and its target, so the rest is never read. (RecBole's own
+    trainer, ``train_mode: prefix``, does read it: call this for all-position runs only.)
+    """
+    inter = train_dataset.inter_feat
+    suffix = train_dataset.config["LIST_SUFFIX"]
+    freed = 0
+    for field, value in list(inter.interaction.items()):
+        if field.endswith(suffix) and value.dim() == 2 and value.size(1) > 1:
+            freed += (value.size(1) - 1) * value.size(0) * value.element_size()
+            inter.interaction[field] = value[:, :1].clone()
+    return freed
+
+
 def window_starts(num_positions: int, max_len: int, stride: int | None = None) -> list[int]:
     """Start of every window over ``num_positions`` inputs (see the module docstring)."""
     if num_positions <= max_len:
