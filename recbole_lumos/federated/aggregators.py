@@ -75,7 +75,13 @@ def _check_update(update: ClientUpdate, shapes: Mapping[str, torch.Size]) -> Non
 def _dense_full(update: ClientUpdate, shapes: Mapping[str, torch.Size]) -> dict[str, torch.Tensor]:
     """Every model parameter as a full tensor; unsent rows and parameters are zeros."""
     sent = update.to_dense(shapes)
-    return {name: sent[name] if name in sent else torch.zeros(shape) for name, shape in shapes.items()}
+    device = _device_of(sent.values())
+    return {name: sent[name] if name in sent else torch.zeros(shape, device=device) for name, shape in shapes.items()}
+
+
+def _device_of(tensors, default: torch.device | str = "cpu") -> torch.device:
+    """The device of the first of ``tensors`` (the updates'), for the zeros of unsent parameters."""
+    return next((t.device for t in tensors), torch.device(default))
 
 
 def _config_value(config: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -123,6 +129,8 @@ class Aggregator(ABC):
         self.shapes: dict[str, torch.Size] = {name: torch.Size(shape) for name, shape in shapes.items()}
         self.num_updates = 0
         """Updates added since the last :meth:`result`."""
+        self.device = torch.device("cpu")
+        """Where the updates live (set by :meth:`add`): unsent parameters' zeros go there too."""
         self._sent: dict[str, torch.Tensor] = {}
         self.sent_rows: dict[str, torch.Tensor] = {}
         """After :meth:`result`: per sparse-capable parameter, which rows any client sent
@@ -131,6 +139,7 @@ class Aggregator(ABC):
     def add(self, update: ClientUpdate) -> None:
         """Fold in one client's update for the current round."""
         _check_update(update, self.shapes)
+        self.device = _device_of([*update.dense.values(), *(rows for _, rows in update.sparse.values())], self.device)
         self._add(update)
         for name, (index, _) in update.sparse.items():
             self._sent_mask(name, index.device)[index] = True
@@ -150,7 +159,7 @@ class Aggregator(ABC):
         A round in which nobody reported leaves the model unchanged (all zeros).
         """
         if self.num_updates == 0:
-            out = {name: torch.zeros(shape) for name, shape in self.shapes.items()}
+            out = {name: torch.zeros(shape, device=self.device) for name, shape in self.shapes.items()}
         else:
             out = self._result()
         self.sent_rows, self._sent = self._sent, {}
@@ -198,7 +207,7 @@ class _WeightedMean:
         out: dict[str, torch.Tensor] = {}
         for name, shape in self.shapes.items():
             if name not in self.sums:
-                out[name] = torch.zeros(shape)
+                out[name] = torch.zeros(shape, device=_device_of(self.sums.values()))
                 continue
             sums, weights = self.sums[name], self.weights[name]
             safe = torch.where(weights > 0, weights, torch.ones_like(weights)).to(sums.dtype)
@@ -306,7 +315,7 @@ class _Coordinatewise(_Buffered):
         out: dict[str, torch.Tensor] = {}
         for name, shape in self.shapes.items():
             stack = self._stacked(name)
-            out[name] = torch.zeros(shape) if stack is None else self._combine(stack, shape)
+            out[name] = torch.zeros(shape, device=self.device) if stack is None else self._combine(stack, shape)
         return out
 
 

@@ -99,7 +99,8 @@ class LocalTrainer:
         if self.settings.loss == "sampled_ce":
             return sample_negatives(self.n_items, self.settings.num_negatives, generator, targets.device)
         if self.settings.loss == "bce":
-            return torch.randint(1, self.n_items, targets.shape, generator=generator).to(targets.device)
+            where = generator.device if generator is not None else targets.device
+            return torch.randint(1, self.n_items, targets.shape, generator=generator, device=where).to(targets.device)
         return None
 
     def _make_update(

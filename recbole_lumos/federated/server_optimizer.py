@@ -98,7 +98,7 @@ class ServerOptimizer:
                 rows = (
                     torch.arange(p.size(0), device=p.device) if mask is None else mask.to(p.device).nonzero().flatten()
                 )
-                grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grad[rows], p.shape).coalesce()
+                grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grad[rows], p.shape, device=p.device).coalesce()
             p.grad = grad
         for optimizer in self._optimizers():
             optimizer.step()

@@ -41,7 +41,7 @@ def nt_xent(
     n = z1.size(0)
     z = torch.cat([z1, z2], dim=0)
     logits = similarity(z, z, sim) / tau
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    targets = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     if valid is None:
         logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
         return F.cross_entropy(logits, targets)

@@ -44,7 +44,8 @@ def sample_negatives(
     n_items: int, num_negatives: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
     """``num_negatives`` item ids drawn uniformly (with replacement) from the catalogue, never padding."""
-    return torch.randint(1, n_items, (num_negatives,), generator=generator).to(device)
+    where = generator.device if generator is not None else device  # a generator draws on its own device
+    return torch.randint(1, n_items, (num_negatives,), generator=generator, device=where).to(device)
 
 
 def _plain(tensor: torch.Tensor) -> bool:

@@ -59,6 +59,15 @@ VARIANTS = {
     "CL4SRec": ("CL4SRec", {}),
     "LUMOS": ("LUMOS", {}),
     "LUMOS-noC": ("LUMOS", {"lumos_views": ["F", "R"]}),
+    "LUMOS-nc2-items-aug": (
+        "LUMOS",
+        {
+            "lumos_num_counterfactuals": 2,
+            "lumos_item_negatives": 3,
+            "lumos_aug_weight": 0.5,
+            "lumos_aug_views": ["F", "R"],
+        },
+    ),
 }
 
 
@@ -72,7 +81,8 @@ def _trainer_and_cohort(tiny_data, variant, loss):
     partition = ClientPartition(training_histories(train_data._dataset), config["MAX_ITEM_LIST_LENGTH"])
     cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(CLIENTS)])
     if getattr(model, "needs_views", False):
-        views = torch.randint(1, model.n_items, (CLIENTS, 4, 6), generator=torch.Generator().manual_seed(1))
+        rows = 3 + int(config["lumos_num_counterfactuals"] or 1)
+        views = torch.randint(1, model.n_items, (CLIENTS, rows, 6), generator=torch.Generator().manual_seed(1))
         views[:, :, 5:] = 0
         cohort.views = views
     return LocalTrainer(model, LocalSettings.from_config(config)), cohort

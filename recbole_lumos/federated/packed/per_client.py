@@ -13,6 +13,7 @@ the negatives).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import torch
@@ -35,7 +36,7 @@ class _Segments:
         self.window_owner = window_owner
         self.clients = clients
         self.counts = counts.tolist()
-        self.bounds = [0, *torch.tensor(self.counts).cumsum(0).tolist()]
+        self.bounds = [0, *itertools.accumulate(self.counts)]
         self.loop = len(self.counts) <= packed._LOOP_SEGMENTS or owner.numel() >= packed._LOOP_TOKENS * len(self.counts)
         self._padded = None
 
@@ -56,9 +57,13 @@ class _Segments:
             out.index_add_(0, self.window_owner, per_window)
             return
         if self._padded is None:  # many clients, ragged tokens: pad each client's tokens
-            segment = torch.repeat_interleave(torch.arange(len(self.counts)), torch.tensor(self.counts))
-            slot = torch.arange(self.owner.numel()) - torch.tensor(self.bounds[:-1])[segment]
-            self._padded = (segment.to(x.device), slot.to(x.device), max(self.counts))
+            device = self.owner.device
+            counts = torch.tensor(self.counts, device=device)
+            segment = torch.repeat_interleave(torch.arange(len(self.counts), device=device), counts)
+            slot = (
+                torch.arange(self.owner.numel(), device=device) - torch.tensor(self.bounds[:-1], device=device)[segment]
+            )
+            self._padded = (segment, slot, max(self.counts))
         segment, slot, longest = self._padded
 
         def pad(t):
