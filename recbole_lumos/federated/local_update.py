@@ -229,11 +229,12 @@ class LocalTrainer:
             name: (rows.split(counts), step(values).split(counts))
             for name, (rows, values, counts) in grads.sparse.items()
         }
+        weights = cohort.weights.tolist()  # one host read per cohort, not one per client
         return [
             ClientUpdate(
                 dense={name: delta[c] for name, delta in dense.items()},
                 sparse={name: (rows[c], deltas[c]) for name, (rows, deltas) in sparse.items()},
-                weight=float(cohort.weights[c]),
+                weight=float(weights[c]),
             )
             for c in range(num_clients)
         ]
@@ -332,7 +333,7 @@ class LocalTrainer:
         first = None
         if len(cohort) > 1 and packed.supports(self.model):
             first = self._packed_gradients(global_params, cohort, negatives[0])
-        updates = []
+        updates, weights = [], cohort.weights.tolist()
         for c in range(len(cohort)):
             own = cohort.owner == c
             inputs, targets = cohort.inputs[own], cohort.targets[own]
@@ -352,7 +353,7 @@ class LocalTrainer:
                 params = functional_step(params, grads, state, epoch + 1, self.settings)
             used = [n.flatten() for n in own_negatives if n is not None]
             touched = self._touched(inputs, targets, torch.cat(used) if used else None, views)
-            updates.append(self._make_update(global_params, params, touched, float(cohort.weights[c])))
+            updates.append(self._make_update(global_params, params, touched, float(weights[c])))
         return updates
 
 

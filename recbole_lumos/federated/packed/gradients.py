@@ -90,7 +90,8 @@ def _add_layer_gradients(model, grads, records, inputs, owner, token_owner, acc)
     grad_embedded = grads.pop(0).view(windows * length, -1)
     acc[POSITIONS][:, :length].index_add_(0, owner, grad_embedded.view(windows, length, -1))
     padding = model.item_embedding.padding_idx
-    if padding is not None and bool((ids == padding).any()):  # nn.Embedding never updates padding
+    # nn.Embedding never updates padding; off the CPU, mask without asking (no host sync)
+    if padding is not None and (ids.device.type != "cpu" or bool((ids == padding).any())):
         grad_embedded = grad_embedded * (ids != padding).unsqueeze(-1)
     acc.rows(TABLE, token_owner, ids, grad_embedded)
     for record in records:

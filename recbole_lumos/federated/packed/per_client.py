@@ -35,13 +35,13 @@ class _Segments:
         self.owner = owner
         self.window_owner = window_owner
         self.clients = clients
-        self.counts = counts.tolist()
+        self._client_list, self.counts = torch.stack([clients, counts]).tolist()  # one host read
         self.bounds = [0, *itertools.accumulate(self.counts)]
         self.loop = len(self.counts) <= packed._LOOP_SEGMENTS or owner.numel() >= packed._LOOP_TOKENS * len(self.counts)
         self._padded = None
 
     def _runs(self):
-        return zip(self.clients.tolist(), self.bounds[:-1], self.bounds[1:], strict=True)
+        return zip(self._client_list, self.bounds[:-1], self.bounds[1:], strict=True)
 
     def outer(self, grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
         """``out[c] += grad_c^T x_c`` for every client ``c`` (rows of ``grad``/``x`` are tokens)."""
