@@ -16,6 +16,9 @@ import numpy as np
 
 from recbole_lumos.errors import ConfigurationError
 
+GEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``lumos_gen_dtype`` values."""
+
 VIEW_NAMES = ("F", "R", "C")
 """The three views of DESIGN.md §2.1: future-oriented, rephrasing, counterfactual."""
 
@@ -70,7 +73,10 @@ class GeneratorSettings:
     lumos_prompt_history: int = 10
     lumos_num_candidates: int = 20
     lumos_max_new_tokens: int = 32
-    lumos_gen_batch_size: int = 16
+    lumos_gen_batch_size: int | str = "auto"
+    """Prompts decoded together: ``auto`` is 16 on a CPU and 128 on a GPU."""
+    lumos_gen_dtype: str = "auto"
+    """The language model's dtype: ``auto`` is bfloat16 on a GPU that supports it, else float32."""
     lumos_prompt_version: int = 1
     lumos_cache_dir: str = "saved/views"
     lumos_max_users: int | None = None
@@ -136,10 +142,20 @@ class GeneratorSettings:
             "lumos_prompt_history",
             "lumos_num_candidates",
             "lumos_max_new_tokens",
-            "lumos_gen_batch_size",
         ):
             if int(getattr(self, key)) < 1:
                 raise ConfigurationError(f"{key} is {getattr(self, key)}, but it must be at least 1.")
+        batch = self.lumos_gen_batch_size
+        if batch != "auto" and (isinstance(batch, bool) or not str(batch).isdigit() or int(batch) < 1):
+            raise ConfigurationError(
+                f"lumos_gen_batch_size is {batch!r}, but it must be 'auto' or a whole number of prompts of at least "
+                "1; e.g. --lumos_gen_batch_size=64."
+            )
+        if self.lumos_gen_dtype not in GEN_DTYPES:
+            raise ConfigurationError(
+                f"lumos_gen_dtype is {self.lumos_gen_dtype!r}, but it must be one of {', '.join(GEN_DTYPES)}; "
+                "e.g. --lumos_gen_dtype=float32."
+            )
         n_c = self.lumos_num_counterfactuals
         if isinstance(n_c, bool) or not isinstance(n_c, int | np.integer) or n_c < 1:
             raise ConfigurationError(

@@ -45,7 +45,7 @@ from recbole_lumos.generation.embedding import (
 )
 from recbole_lumos.generation.grounding import STAGES, Grounding, TitleIndex, ground_embeddings, ground_text
 from recbole_lumos.generation.item_text import ItemTexts, dataset_item_texts
-from recbole_lumos.generation.language_model import load_language_model, model_identity
+from recbole_lumos.generation.language_model import generation_batch_size, load_language_model, model_identity
 from recbole_lumos.generation.semantic import ItemSpace, ViewPlan, plan_views
 from recbole_lumos.generation.settings import GeneratorSettings, is_counterfactual
 
@@ -270,7 +270,7 @@ class _Generation:
         space = self.item_space(config, dataset, histories, len(item_tokens))
         tokens = np.asarray(item_tokens)
         prompted = self.mode == "prompt"
-        chunk = max(1, int(settings.lumos_gen_batch_size)) if prompted else SEMANTIC_CHUNK
+        chunk = generation_batch_size(settings) if prompted else SEMANTIC_CHUNK
         users_todo = list(todo)
         names = settings.view_names
         unit, total = ("prompt", len(names) * len(users_todo)) if prompted else ("user", len(users_todo))
@@ -351,7 +351,7 @@ class _PromptRun:
             model,
             tokenizer,
             prompts,
-            batch_size=int(self.settings.lumos_gen_batch_size),
+            batch_size=generation_batch_size(self.settings),
             max_new_tokens=int(self.settings.lumos_max_new_tokens),
             on_batch=bar.update,
         )

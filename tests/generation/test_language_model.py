@@ -131,3 +131,24 @@ def test_an_unknown_hub_id_is_a_clear_error(monkeypatch):
     with pytest.raises(LanguageModelError, match="no-such-org/no-such-model") as error:
         load_language_model({"lumos_llm": "no-such-org/no-such-model"})
     assert "hub id" in str(error.value)
+
+
+def test_dtype_and_prompt_batch_follow_the_device_unless_set(tiny_lm, monkeypatch):
+    from recbole_lumos.errors import ConfigurationError
+    from recbole_lumos.generation.language_model import generation_batch_size, generation_dtype
+
+    cpu = GeneratorSettings(lumos_llm=str(tiny_lm), device="cpu")
+    assert generation_dtype(cpu) == torch.float32 and generation_batch_size(cpu) == 16
+    assert "dtype" not in model_identity(cpu)  # float32 cache keys are those of before the key existed
+    gpu = GeneratorSettings(lumos_llm=str(tiny_lm), device="cuda:0")
+    assert generation_batch_size(gpu) == 128
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert generation_dtype(gpu) == torch.bfloat16 and model_identity(gpu)["dtype"] == "bfloat16"
+    monkeypatch.undo()
+    forced = GeneratorSettings(lumos_llm=str(tiny_lm), device="cpu", lumos_gen_dtype="bfloat16", lumos_gen_batch_size=3)
+    model, _ = load_language_model(forced)
+    assert next(model.parameters()).dtype == torch.bfloat16 and generation_batch_size(forced) == 3
+    for bad in ({"lumos_gen_dtype": "fp8"}, {"lumos_gen_batch_size": 0}, {"lumos_gen_batch_size": "many"}):
+        with pytest.raises(ConfigurationError, match=next(iter(bad))):
+            GeneratorSettings(lumos_llm=str(tiny_lm), **bad).check()
