@@ -48,9 +48,14 @@ def grid() -> dict[str, list[str]]:
                     f"--lumos_aug_weight={aug}",
                     f"--lambda_cl={lam}",
                 ]
-    cells["nc16-aug0-l0.5-items16"] = cells["nc16-aug0-l0.5"] + ["--lumos_item_negatives=16"]
-    cells["nc16-aug0.5-l0.5-items16"] = cells["nc16-aug0.5-l0.5"] + ["--lumos_item_negatives=16"]
+    # Where the first seeds pointed: a lighter contrastive weight and augmentation, and item negatives
+    # (the further client-local negatives) at the lighter weight.
     cells["nc1-aug0.5-l0"] = ["--model=LUMOS", "--lumos_aug_weight=0.5", "--lambda_cl=0"]
+    for n_c in (1, 4, 16):
+        cells[f"nc{n_c}-aug0-l0.03"] = ["--model=LUMOS", f"--lumos_num_counterfactuals={n_c}", "--lambda_cl=0.03"]
+    cells["nc1-aug0.1-l0.1"] = ["--model=LUMOS", "--lumos_aug_weight=0.1", "--lambda_cl=0.1"]
+    for n_c in (4, 16):
+        cells[f"nc{n_c}-aug0-l0.1-items16"] = cells[f"nc{n_c}-aug0-l0.1"] + ["--lumos_item_negatives=16"]
     paper = [f"--config_files={BASE_CONFIG},properties/experiment/paper-protocol.yaml"]
     cells[f"paper-{BASELINE}"] = cells[BASELINE] + paper
     cells["paper-LUMOS"] = ["--model=LUMOS", *paper]

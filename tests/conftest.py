@@ -27,6 +27,26 @@ TINY_ENGINE = {
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+DEVICES = ("cpu", "cuda")
+"""Tests that take a ``device`` argument run on each; the ``cuda`` cases are deselected where CUDA is absent."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) the CUDA cases on a machine without CUDA: the summary counts them."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    deselected = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("cuda") is None]
+
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

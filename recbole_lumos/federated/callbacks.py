@@ -13,6 +13,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from recbole_lumos.federated.accounting import RoundTraffic, tensor_bytes
 from recbole_lumos.federated.aggregators import build_aggregator
+from recbole_lumos.federated.allocator import release_freed_memory
 from recbole_lumos.federated.server_optimizer import ServerOptimizer, apply_aggregate, build_server_optimizer
 
 
@@ -81,6 +82,10 @@ class AggregationCallback(pl.Callback):
         pl_module.log_dict(
             {f"traffic/{k}": v for k, v in summary.items() if k != "round"}, on_epoch=True, on_step=False
         )
+        release_freed_memory()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        release_freed_memory()
 
     def state_dict(self) -> dict[str, Any]:
         server = self.server_optimizer.state_dict() if self.server_optimizer is not None else self._server_state

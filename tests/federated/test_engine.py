@@ -193,7 +193,7 @@ def test_a_moved_run_folder_keeps_its_best_score_and_resumes_from_the_new_place(
     assert not (tmp_path / "a" / folder.name).exists()
 
 
-def _first_round_change(tiny_data, tmp_path, monkeypatch, aggregator):
+def _first_round_change(tiny_data, tmp_path, monkeypatch, aggregator, device="cpu"):
     """How the global model moved in round 1 (server SGD, lr 1: the aggregate itself)."""
     from recbole_lumos.federated.callbacks import AggregationCallback
 
@@ -220,18 +220,20 @@ def _first_round_change(tiny_data, tmp_path, monkeypatch, aggregator):
             "server_optimizer": "sgd",
             "server_lr": 1.0,
             "checkpoint_dir": str(tmp_path / aggregator),
+            "use_gpu": device == "cuda",
         },
     )
     assert set(result.test_result) == {"hit@10", "hit@20", "ndcg@10", "ndcg@20"}
+    assert {delta.device.type for delta in changes[0].values()} == {device}
     return changes[0]
 
 
 @pytest.mark.parametrize("aggregator", ["median", "trimmed_mean", "norm_bound", "krum"])
-def test_every_aggregator_runs_a_round(tiny_data, tmp_path, monkeypatch, aggregator):
+def test_every_aggregator_runs_a_round(tiny_data, tmp_path, monkeypatch, aggregator, device):
     """Each robust aggregator moves the model, and not as FedAvg does (a no-op or a silent
     fallback to the mean would fail here)."""
-    robust = _first_round_change(tiny_data, tmp_path, monkeypatch, aggregator)
-    mean = _first_round_change(tiny_data, tmp_path, monkeypatch, "fedavg")
+    robust = _first_round_change(tiny_data, tmp_path, monkeypatch, aggregator, device)
+    mean = _first_round_change(tiny_data, tmp_path, monkeypatch, "fedavg", device)
     assert any(bool(delta.abs().sum() > 0) for delta in robust.values())
     assert any(not torch.allclose(robust[name], mean[name]) for name in mean)
     if aggregator == "norm_bound":  # the mean of clipped updates is within the bound

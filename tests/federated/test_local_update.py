@@ -276,7 +276,7 @@ def test_lumos_packed_step_equals_one_by_one(tiny_data, monkeypatch, optimizer, 
     ],
 )
 def test_lumos_counterfactuals_items_and_view_windows_packed_equal_one_by_one(
-    tiny_data, monkeypatch, loss, counterfactuals, extra
+    tiny_data, monkeypatch, loss, counterfactuals, extra, device
 ):
     """n_c counterfactual rows, item-level negatives and next-item windows on the views: the
     packed step gives every client the update it gets trained alone."""
@@ -284,11 +284,12 @@ def test_lumos_counterfactuals_items_and_view_windows_packed_equal_one_by_one(
 
     monkeypatch.setattr(packed, "CHUNK_WINDOWS", 7)
     model, config, partition = _lumos_with_views(tiny_data, counterfactuals, **extra)
+    model.to(device)
     settings = LocalSettings(local_epochs=1, optimizer="sgd", lr=0.05, loss=loss, num_negatives=16)
     trainer = LocalTrainer(model, settings)
     assert not trainer.plain
     start = trainer.global_params()
-    cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(5)])
+    cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(5)]).to(device)
     assert cohort.views.shape[1] == 3 + counterfactuals
     negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1))]
     together = trainer.train_packed(start, cohort, negatives)

@@ -70,11 +70,12 @@ def _compare(trainer, cohort, negatives, shuffle=False):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("loss", ["ce", "sampled_ce", "bce"])
-def test_packed_step_equals_one_by_one(tiny_sasrec, optimizer, loss):
+def test_packed_step_equals_one_by_one(tiny_sasrec, optimizer, loss, device):
     model, partition = tiny_sasrec
+    model.to(device)
     settings = LocalSettings(local_epochs=1, optimizer=optimizer, lr=0.05, loss=loss, num_negatives=16, mu=0.1)
     trainer = LocalTrainer(model, settings)
-    cohort = _cohort(partition)
+    cohort = _cohort(partition).to(device)
     assert cohort.owner.numel() > len(cohort)  # some clients own several windows
     negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1))]
     together = _compare(trainer, cohort, negatives)
