@@ -24,6 +24,20 @@ TINY_ENGINE = {
     "show_progress": False,
 }
 """A SASRec-family model small enough to train federated on the tiny data set in seconds."""
+TINY_CLI = [
+    "--dataset=tiny",
+    "--epochs=1",
+    "--hidden_size=16",
+    "--inner_size=32",
+    "--n_layers=1",
+    "--n_heads=1",
+    "--MAX_ITEM_LIST_LENGTH=10",
+    "--show_progress=False",
+    "--client_batch=8",
+    "--num_negatives=8",
+    "--federated_eval_step=1",
+]
+"""The same as command-line flags, for the comparison command on the tiny data set."""
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

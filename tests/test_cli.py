@@ -3,24 +3,13 @@
 import json
 
 import pytest
+from conftest import TINY_CLI
 
 from recbole_lumos import cli
 from recbole_lumos.cli import parse_command_line, run
 from recbole_lumos.errors import ConfigurationError
 
-TINY = [
-    "--dataset=tiny",
-    "--epochs=1",
-    "--hidden_size=16",
-    "--inner_size=32",
-    "--n_layers=1",
-    "--n_heads=1",
-    "--MAX_ITEM_LIST_LENGTH=10",
-    "--show_progress=False",
-    "--client_batch=8",
-    "--num_negatives=8",
-    "--federated_eval_step=1",
-]
+TINY = TINY_CLI
 
 
 def test_matrix_keys_with_several_values_expand_to_every_combination():

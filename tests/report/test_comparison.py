@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from conftest import TINY_CLI
 
 from recbole_lumos.cli import run
 from recbole_lumos.report.comparison import (
@@ -14,19 +15,7 @@ from recbole_lumos.report.comparison import (
     time_cell,
 )
 
-TINY = [
-    "--dataset=tiny",
-    "--epochs=1",
-    "--hidden_size=16",
-    "--inner_size=32",
-    "--n_layers=1",
-    "--n_heads=1",
-    "--MAX_ITEM_LIST_LENGTH=10",
-    "--show_progress=False",
-    "--client_batch=8",
-    "--num_negatives=8",
-    "--federated_eval_step=1",
-]
+TINY = TINY_CLI
 
 
 def test_an_interrupted_comparison_resumes_without_redoing_finished_runs(tiny_data, tmp_path, capsys):
