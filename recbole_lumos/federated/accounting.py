@@ -85,6 +85,29 @@ def gaussian_epsilon(noise_multiplier: float, steps: int, delta: float, sample_r
         return float(accountant.get_epsilon(delta))
 
 
+def noise_multiplier_for(target_epsilon: float, steps: int, delta: float, sample_rate: float = 1.0) -> float:
+    """The smallest ``ldp_noise_multiplier`` whose ``steps`` mechanisms stay within ``target_epsilon`` at
+    ``delta`` (Opacus's ``get_noise_multiplier``, RDP): to set a run's noise from the budget it may spend.
+    ``steps`` is the rounds a client takes part in (``epsilon``) or every round with ``sample_rate``
+    (``epsilon_amplified``)."""
+    if target_epsilon <= 0 or steps <= 0:
+        raise ConfigurationError(f"need a positive epsilon and number of rounds, got {target_epsilon} and {steps}.")
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the (smallest|largest) alpha.*")
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=min(1.0, sample_rate),
+                steps=steps,
+                accountant="rdp",
+                epsilon_tolerance=0.01,
+            )
+        )
+
+
 @dataclass(frozen=True)
 class PrivacyBudget:
     """A run's (epsilon, delta) under local DP (see the module docstring)."""
@@ -132,3 +155,22 @@ def privacy_budget(
         client_rounds_max=worst,
         sample_rate=sample_rate,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m recbole_lumos.federated.accounting --epsilon 8 --rounds 200``: the noise multiplier."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The ldp_noise_multiplier that spends a given epsilon.")
+    parser.add_argument("--epsilon", type=float, required=True)
+    parser.add_argument("--rounds", type=int, required=True, help="rounds a client takes part in")
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--sample_rate", type=float, default=1.0, help="per-round sampling rate (amplified epsilon)")
+    args = parser.parse_args(argv)
+    z = noise_multiplier_for(args.epsilon, args.rounds, args.delta, args.sample_rate)
+    spent = gaussian_epsilon(z, args.rounds, args.delta, args.sample_rate)
+    print(f"ldp_noise_multiplier {z:.4f}: epsilon {spent:.3f} at delta {args.delta:g} over {args.rounds} rounds")
+
+
+if __name__ == "__main__":
+    main()

@@ -82,3 +82,12 @@ def test_a_local_dp_run_reports_the_epsilon_of_the_client_that_took_part_most(ti
     assert privacy["epsilon_amplified"] < gaussian_epsilon(1.5, 4, 1e-4)
     plain = run_model("FedSASRec", "tiny", overrides={**TINY_ENGINE, "data_path": str(tiny_data), "epochs": 1})
     assert plain.privacy is None
+
+
+def test_the_noise_for_a_target_epsilon_spends_it_and_no_more():
+    from recbole_lumos.federated.accounting import gaussian_epsilon, noise_multiplier_for
+
+    z = noise_multiplier_for(8.0, steps=100, delta=1e-5)
+    assert 7.9 <= gaussian_epsilon(z, 100, 1e-5) <= 8.0
+    assert gaussian_epsilon(z * 0.9, 100, 1e-5) > 8.0  # less noise would overspend
+    assert noise_multiplier_for(8.0, steps=100, delta=1e-5, sample_rate=0.1) < z  # subsampling amplifies
