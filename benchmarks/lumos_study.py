@@ -34,6 +34,8 @@ BASE = [
     "--show_progress=False",
 ]
 BASELINE = "FedSASRec"
+TODAY = "nc1-aug0-l0.1"
+"""LUMOS's defaults before the study: one counterfactual, no augmentation, lambda_cl 0.1."""
 
 
 def grid() -> dict[str, list[str]]:
@@ -88,18 +90,38 @@ def run_one(out: Path, cell: str, overrides: list[str], seed: int, data_path: st
     return cell, seed, time.time() - start, code
 
 
-def table(out: Path, cells: dict[str, list[str]]) -> str:
+def stored_runs(out: Path, cells: dict[str, list[str]]) -> dict[str, dict[int, dict]]:
+    """Cell -> seed -> finished run."""
     runs: dict[str, dict[int, dict]] = {}
     for cell, overrides in cells.items():
         for path in sorted((out / cell / "runs").glob(f"{model_of(overrides)}-seed*.json")):
             run = json.loads(path.read_text())
             if "test_result" in run:
                 runs.setdefault(cell, {})[int(run["seed"])] = run
+    return runs
+
+
+def best_by_validation(out: Path, cells: dict[str, list[str]], count: int) -> list[str]:
+    """The ``count`` LUMOS cells with the highest mean best-valid NDCG@20 over the seeds they share
+    with every other such cell (the selection rule; test numbers play no part)."""
+    runs = {c: r for c, r in stored_runs(out, cells).items() if not c.startswith("paper-") and c != BASELINE}
+    if not runs:
+        return []
+    common = set.intersection(*(set(r) for r in runs.values()))
+    score = {
+        c: sum(float(r[s]["best_valid_result"]["ndcg@20"]) for s in common) / max(1, len(common))
+        for c, r in runs.items()
+    }
+    return sorted(score, key=score.get, reverse=True)[:count]
+
+
+def table(out: Path, cells: dict[str, list[str]], only: list[str] | None = None) -> str:
+    runs = stored_runs(out, cells)
     lines = [
         "| cell | seeds | valid NDCG@20 | test HR@20 | test NDCG@20 | test gain | t | p | rounds | CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for cell in cells:
+    for cell in only or cells:
         got = runs.get(cell, {})
         if not got:
             continue
@@ -139,10 +161,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="cells to run (default: all)")
     parser.add_argument("--data_path", default="../shared/datasets")
     parser.add_argument("--table", action="store_true", help="print the table of stored runs and exit")
+    parser.add_argument(
+        "--headline", type=int, metavar="N", help="print FedSASRec, today's LUMOS and the N best cells by validation"
+    )
     args = parser.parse_args()
     cells = grid()
     if args.table:
         print(table(args.out, cells))
+        return
+    if args.headline:
+        best = best_by_validation(args.out, cells, args.headline)
+        print(table(args.out, cells, [BASELINE, *dict.fromkeys([TODAY, *best])]))
         return
     chosen = {c: o for c, o in cells.items() if not args.only or c in args.only}
     todo = [

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Copy the LUMOS study's stored runs into results/lumos-study/ and write its tables there (issue 16):
+#   bash benchmarks/lumos_study_publish.sh saved/lumos-study
+# runs/<cell>/runs/*.json (the runs), ml-100k-grid.md (every cell) and headline.md (FedSASRec, LUMOS's former
+# defaults and the three best cells by validation); results/lumos-study/README.md embeds the grid between markers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SOURCE=${1:?the study folder (--out of benchmarks/lumos_study.py)}
+DEST=results/lumos-study
+for folder in "$SOURCE"/*/; do
+  cell=$(basename "$folder")
+  ls "$folder"runs/*.json > /dev/null 2>&1 || continue
+  mkdir -p "$DEST/runs/$cell/runs" && cp "$folder"runs/*.json "$DEST/runs/$cell/runs/"
+done
+python benchmarks/lumos_study.py --out "$DEST/runs" --table > "$DEST/ml-100k-grid.md"
+python benchmarks/lumos_study.py --out "$DEST/runs" --headline 3 > "$DEST/headline.md"
+python - "$DEST" <<'PY'
+import sys
+from pathlib import Path
+
+dest = Path(sys.argv[1])
+readme = (dest / "README.md").read_text()
+start, end = readme.index("<!-- grid -->") + len("<!-- grid -->"), readme.index("<!-- /grid -->")
+grid = (dest / "ml-100k-grid.md").read_text().strip()
+(dest / "README.md").write_text(readme[:start] + "\n" + grid + "\n" + readme[end:])
+PY
