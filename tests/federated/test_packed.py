@@ -96,8 +96,10 @@ def test_packed_step_in_small_chunks(tiny_sasrec, monkeypatch, loss, chunk, loop
     _compare(trainer, cohort, [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(5))])
 
 
-def test_packed_step_with_left_padding(tiny_sasrec):
+@pytest.mark.parametrize("batch_heads", [False, True])
+def test_packed_step_with_left_padding(tiny_sasrec, monkeypatch, batch_heads):
     """Windows padded at the front take RecBole's own attention mask."""
+    monkeypatch.setattr(packed, "BATCH_HEADS", batch_heads)
     model, partition = tiny_sasrec
     trainer = LocalTrainer(model, LocalSettings(optimizer="sgd", lr=0.05, loss="sampled_ce", num_negatives=16))
     cohort = _cohort(partition)
@@ -194,3 +196,17 @@ def test_per_client_outer_products_of_ragged_token_runs(owners):
         expected[c] += grad[owner == c].T @ x[owner == c]
     segments.outer(grad, x, out)
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_ce"])
+def test_batched_attention_heads_give_the_same_step(tiny_sasrec, monkeypatch, loss):
+    """All heads in one product (the default off the CPU) is the per-head loop's maths."""
+    model, partition = tiny_sasrec
+    monkeypatch.setattr(packed, "BATCH_HEADS", True)
+    settings = LocalSettings(local_epochs=1, optimizer="sgd", lr=0.05, loss=loss, num_negatives=16)
+    trainer = LocalTrainer(model, settings)
+    cohort = _cohort(partition)
+    negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1))]
+    _compare(trainer, cohort, negatives)
+    monkeypatch.setattr(packed, "CHUNK_WINDOWS", 3)  # late windows: the last layer starts past position 0
+    _compare(trainer, _cohort(partition), negatives)

@@ -33,6 +33,7 @@ from recbole_lumos.federated.packed.per_client import _Segments as _Segments  # 
 from recbole_lumos.federated.packed.step import first_step
 
 __all__ = [
+    "BATCH_HEADS",
     "CHUNK_WINDOWS",
     "POSITIONS",
     "TABLE",
@@ -49,6 +50,9 @@ CHUNK_WINDOWS = 128
 _LOOP_SEGMENTS, _LOOP_TOKENS = 8, 100
 """Per-client weight gradients are one matmul per client when a chunk holds at most
 ``_LOOP_SEGMENTS`` clients or they average ``_LOOP_TOKENS`` tokens, else one per window."""
+
+BATCH_HEADS = "auto"
+"""Attention heads in one batched product (True), one after the other (False), or ``auto``: batched off the CPU."""
 
 _GATHER_BELOW = 0.8
 """The last layer runs at the positions with a target only when they are fewer than this share."""
