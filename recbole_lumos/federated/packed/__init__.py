@@ -35,6 +35,7 @@ from recbole_lumos.federated.packed.step import first_step
 __all__ = [
     "BATCH_HEADS",
     "CHUNK_WINDOWS",
+    "CHUNK_WINDOWS_GPU",
     "POSITIONS",
     "TABLE",
     "CohortGradients",
@@ -45,7 +46,11 @@ __all__ = [
 ]
 
 CHUNK_WINDOWS = 128
-"""Windows per forward/backward pass: small enough that the activations stay in cache."""
+"""Windows per forward/backward pass on a CPU: small enough that the activations stay in cache."""
+
+CHUNK_WINDOWS_GPU = 2048
+"""Windows per pass off the CPU: large enough to fill the device (2,048 windows of 50 with a 3,417-item
+softmax hold about 1.4 GB of logits)."""
 
 _LOOP_SEGMENTS, _LOOP_TOKENS = 8, 100
 """Per-client weight gradients are one matmul per client when a chunk holds at most

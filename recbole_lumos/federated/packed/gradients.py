@@ -203,7 +203,8 @@ def cohort_gradients(
         shared = acc[TABLE][:, :n_items]
     elif kind == "sampled_ce":
         shared = params[TABLE].new_zeros(num_clients, negatives.numel(), dim)
-    chunk_windows = chunk_windows or packed.CHUNK_WINDOWS
+    if not chunk_windows:
+        chunk_windows = packed.CHUNK_WINDOWS if inputs.device.type == "cpu" else packed.CHUNK_WINDOWS_GPU
     for begin, end in zip(groups[:-1], groups[1:], strict=True):
         for start in range(begin, end, chunk_windows):
             window = slice(start, min(start + chunk_windows, end))
