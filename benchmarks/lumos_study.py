@@ -118,8 +118,9 @@ def best_by_validation(out: Path, cells: dict[str, list[str]], count: int) -> li
 def table(out: Path, cells: dict[str, list[str]], only: list[str] | None = None) -> str:
     runs = stored_runs(out, cells)
     lines = [
-        "| cell | seeds | valid NDCG@20 | test HR@20 | test NDCG@20 | test gain | t | p | rounds | CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cell | seeds | valid NDCG@20 | test HR@20 | test NDCG@20 | test gain | t | p | rounds | CPU s "
+        "| test NDCG@20 per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in only or cells:
         got = runs.get(cell, {})
@@ -148,7 +149,9 @@ def table(out: Path, cells: dict[str, list[str]], only: list[str] | None = None)
         cpu = sum(float(got[s].get("cpu_time_s") or 0) for s in seeds) / len(seeds)
         lines.append(
             f"| {cell} | {','.join(map(str, seeds))} | {valid} | {shown(column('hit@20'))} | "
-            f"{shown(column('ndcg@20'))} | {gain} | {t} | {p} | {rounds:.0f} | {cpu:.0f} |"
+            f"{shown(column('ndcg@20'))} | {gain} | {t} | {p} | {rounds:.0f} | {cpu:.0f} | "
+            + ", ".join(f"{s_}: {got[s_]['test_result']['ndcg@20']:.4f}" for s_ in seeds)
+            + " |"
         )
     return "\n".join(lines)
 
