@@ -31,7 +31,7 @@ from torch import nn
 
 from recbole_lumos.federated import packed
 from recbole_lumos.federated.packed.forward import POSITIONS, TABLE, _fused_name, _hidden, _layer_names, _plan, _weights
-from recbole_lumos.federated.packed.losses import position_losses
+from recbole_lumos.federated.packed.losses import full_softmax_gradient, position_losses
 from recbole_lumos.federated.packed.per_client import _Accumulator, _Segments
 from recbole_lumos.model.next_item import LOCAL_LOSSES
 
@@ -68,11 +68,18 @@ def _chunk_gradients(model, params, fused, inputs, targets, owner, kind, negativ
         kept_targets = targets[:, plan.start :].reshape(-1)[plan.kept]
         if kind == "bce":
             negatives = negatives[:, plan.start :].reshape(-1)[plan.kept]
-        losses, leaves, logits = position_losses(hidden, kept_targets, item_weights, kind, negatives)
-        total = (losses * scale.repeat_interleave(length - plan.start)[plan.kept]).sum()
+        weights = scale.repeat_interleave(length - plan.start)[plan.kept]
+        if kind == "ce":  # the logits' gradient in closed form; the encoder's by autograd from it
+            logits_grad = full_softmax_gradient(hidden.detach(), kept_targets, item_weights.detach(), weights)
+            total, leaves, logits = (hidden * (logits_grad @ item_weights.detach())).sum(), [], logits_grad
+        else:
+            losses, leaves, logits = position_losses(hidden, kept_targets, item_weights, kind, negatives)
+            total = (losses * weights).sum()
         wrt = [embedded, *(r.out for r in records), *(rows for _, rows in leaves)]
-        wrt += [logits] if logits is not None else []
+        wrt += [logits] if logits is not None and kind != "ce" else []
         grads = list(torch.autograd.grad(total, wrt, allow_unused=True))
+        if kind == "ce":
+            grads.append(logits_grad)
 
     with torch.no_grad():  # the per-client sums read activations that are part of the graph
         _add_layer_gradients(model, grads, records, inputs, owner, token_owner, acc)
