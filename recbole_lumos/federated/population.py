@@ -85,6 +85,7 @@ def build_population(config: Any, model: torch.nn.Module, train_dataset: Any) ->
     if needs_views(model):
         # Views come from each client's own (noisy) training history only.
         from recbole_lumos.generation import ensure_views
+        from recbole_lumos.generation.settings import GeneratorSettings
 
         view_set = ensure_views(views_config(config), train_dataset, train_dataset)
         blocks = view_blocks(histories, view_set.views, train_dataset, max_len, num_counterfactuals)
@@ -92,8 +93,8 @@ def build_population(config: Any, model: torch.nn.Module, train_dataset: Any) ->
         if source not in ("generated", "random"):
             raise ConfigurationError(f"lumos_counterfactual_items must be 'generated' or 'random', got {source!r}.")
         if source == "random":  # the LUMOS-randC ablation
-            views_seed = config["lumos_views_seed"] if config["lumos_views_seed"] is not None else config["seed"]
-            blocks = randomize_counterfactuals(blocks, histories, int(train_dataset.item_num), int(views_seed))
+            seed = GeneratorSettings.from_config(config).views_seed  # the views' own seed
+            blocks = randomize_counterfactuals(blocks, histories, int(train_dataset.item_num), seed)
         generation = {"mode": view_set.mode, "path": str(view_set.path), **view_set.stats}
         missing = sum(int(not block.any()) for block in blocks.values())
         if missing:
