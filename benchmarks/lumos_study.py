@@ -55,7 +55,15 @@ def grid() -> dict[str, list[str]]:
     cells["nc1-aug0.5-l0"] = ["--model=LUMOS", "--lumos_aug_weight=0.5", "--lambda_cl=0"]
     for n_c in (1, 4, 16):
         cells[f"nc{n_c}-aug0-l0.03"] = ["--model=LUMOS", f"--lumos_num_counterfactuals={n_c}", "--lambda_cl=0.03"]
-    cells["nc1-aug0.1-l0.1"] = ["--model=LUMOS", "--lumos_aug_weight=0.1", "--lambda_cl=0.1"]
+    # The grid the first seeds pointed to: n_c x a light augmentation (0.1) x the two lightest weights.
+    for n_c in (1, 4, 16):
+        for lam in (0.03, 0.1):
+            cells[f"nc{n_c}-aug0.1-l{lam:g}"] = [
+                "--model=LUMOS",
+                f"--lumos_num_counterfactuals={n_c}",
+                "--lumos_aug_weight=0.1",
+                f"--lambda_cl={lam}",
+            ]
     for n_c in (4, 16):
         cells[f"nc{n_c}-aug0-l0.1-items16"] = cells[f"nc{n_c}-aug0-l0.1"] + ["--lumos_item_negatives=16"]
     paper = [f"--config_files={BASE_CONFIG},properties/experiment/paper-protocol.yaml"]

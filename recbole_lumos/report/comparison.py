@@ -49,7 +49,7 @@ class ModelSummary:
 
     def by_seed(self, split: str, metric: str) -> dict[int, float]:
         key = "test_result" if split == "test" else "best_valid_result"
-        return {int(run["seed"]): float(run[key][metric]) for run in self.runs}
+        return {int(run["seed"]): float(run[key][metric]) for run in self.runs if metric in run[key]}
 
 
 class ComparisonStore:
@@ -179,15 +179,67 @@ def gains_table(rows: Sequence[ModelSummary], candidate: str, metric: str = KEY_
             continue
         theirs = row.by_seed("test", metric)
         common = sorted(set(ours) & set(theirs))
-        a, b = [ours[s] for s in common], [theirs[s] for s in common]
-        mean_a, mean_b = mean_std(a)[0], mean_std(b)[0]
-        t, p = paired_t_test(a, b)
-        mark = " *" if not math.isnan(p) and p < SIGNIFICANCE else ""
-        gain = relative_gain(mean_a, mean_b)
-        lines.append(
-            f"| {row.model} | {len(common)} | {mean_a:.4f} | {mean_b:.4f} | {gain:+.1%}{mark} | "
-            f"{'' if math.isnan(t) else f'{t:.2f}'} | {'' if math.isnan(p) else f'{p:.3f}'} |"
-        )
+        t, _ = paired_t_test([ours[s] for s in common], [theirs[s] for s in common])
+        mean_a, mean_b, gain, p = _paired_cells(ours, theirs, relative=True)
+        t_cell = "" if math.isnan(t) else f"{t:.2f}"
+        lines.append(f"| {row.model} | {len(common)} | {mean_a} | {mean_b} | {gain} | {t_cell} | {p} |")
+    return "\n".join(lines) + f"\n\n`*`: paired two-sided t-test over seeds, p < {SIGNIFICANCE}."
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """``"FedSASRec[attack=bandwagon,aggregator=median]"`` -> ``("FedSASRec", "attack=bandwagon,aggregator=median")``;
+    a plain model name -> ``(name, "")``."""
+    if label.endswith("]") and "[" in label:
+        model, cell = label[:-1].split("[", 1)
+        return model, cell
+    return label, ""
+
+
+def _paired_cells(ours: dict[int, float], theirs: dict[int, float], relative: bool) -> list[str]:
+    """Mean of each side over the common seeds, the gain (relative or absolute) and the paired t-test."""
+    common = sorted(set(ours) & set(theirs))
+    a, b = [ours[s] for s in common], [theirs[s] for s in common]
+    if not common:
+        return ["", "", "", ""]
+    mean_a, mean_b = mean_std(a)[0], mean_std(b)[0]
+    t, p = paired_t_test(a, b)
+    mark = " *" if not math.isnan(p) and p < SIGNIFICANCE else ""
+    gain = f"{relative_gain(mean_a, mean_b):+.1%}" if relative else f"{mean_a - mean_b:+.4f}"
+    return [f"{mean_a:.4f}", f"{mean_b:.4f}", gain + mark, "" if math.isnan(p) else f"{p:.3f}"]
+
+
+def matrix_gains_table(rows: Sequence[ModelSummary], candidate: str, metric: str = KEY_METRIC) -> str:
+    """Cell by cell of a matrix: ``candidate[cell]`` against every other model's ``[cell]``, paired over
+    seeds, on test ``metric`` (relative gain) and on the first exposure metric (difference: exposure is
+    near zero without an attack, so a ratio says little). Empty without matrix rows to pair."""
+    by_cell: dict[str, dict[str, ModelSummary]] = {}
+    for row in rows:
+        model, cell = split_label(row.model)
+        if cell and row.runs:
+            by_cell.setdefault(cell, {})[model] = row
+    exposure = exposure_metrics(rows)[:1]
+    header = f"| cell | {candidate} vs | seeds | {candidate} {metric} | baseline {metric} | gain | p |"
+    rule = "|---|---|---|---|---|---|---|"
+    if exposure:
+        name = exposure[0].upper()
+        header += f" {candidate} {name} | baseline {name} | difference | p |"
+        rule += "---|---|---|---|"
+    lines = [header, rule]
+    for cell, models in by_cell.items():
+        if candidate not in models:
+            continue
+        ours = models[candidate]
+        for model, theirs in models.items():
+            if model == candidate:
+                continue
+            seeds = len(set(ours.seeds) & set(theirs.seeds))
+            cells = [cell, model, str(seeds)]
+            cells += _paired_cells(ours.by_seed("test", metric), theirs.by_seed("test", metric), relative=True)
+            for key in exposure:
+                cells += _paired_cells(ours.by_seed("test", key), theirs.by_seed("test", key), relative=False)
+            lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ""
     return "\n".join(lines) + f"\n\n`*`: paired two-sided t-test over seeds, p < {SIGNIFICANCE}."
 
 
@@ -237,6 +289,9 @@ def write_outputs(store: ComparisonStore, models: Sequence[str], seeds: Sequence
     gains = gains_table(rows, candidate)
     if gains:
         text += "\n\n" + gains
+    per_cell = matrix_gains_table(rows, candidate)
+    if per_cell:
+        text += "\n\n" + per_cell
     (store.folder / "results.md").write_text(text + "\n")
     write_plots(store.folder, rows)
     return text

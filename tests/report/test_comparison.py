@@ -11,6 +11,7 @@ from recbole_lumos.report.comparison import (
     ComparisonStore,
     gains_table,
     markdown_table,
+    matrix_gains_table,
     paired_t_test,
     time_cell,
 )
@@ -71,6 +72,28 @@ def test_table_arithmetic_matches_a_hand_computation(tmp_path):
     four = gains_table(store.summaries(["SASRec", "LUMOS"], [1, 2, 3, 4]), "LUMOS")
     assert "* |" in four  # differences .02 .04 .01 .03: t = 3.87, p = 0.030, significant and marked
     assert gains_table(store.summaries(["LUMOS"], [1, 2, 3]), "LUMOS") == ""  # nothing to compare with
+
+
+def test_matrix_cells_are_paired_model_against_model_within_each_cell(tmp_path):
+    store = ComparisonStore(tmp_path)
+    cells = {"attack=none,aggregator=fedavg": ([0.12, 0.15, 0.13], [0.10, 0.11, 0.12], [0.0, 0.1, 0.0], [0.0] * 3),
+             "attack=bandwagon,aggregator=fedavg": ([0.10] * 3, [0.10] * 3, [0.2, 0.3, 0.4], [0.5, 0.7, 0.6])}
+    labels = []
+    for cell, (lumos, base, er_lumos, er_base) in cells.items():
+        for model, ndcg, er in (("FedSASRec", base, er_base), ("LUMOS", lumos, er_lumos)):
+            labels.append(f"{model}[{cell}]")
+            for seed, (n, e) in enumerate(zip(ndcg, er, strict=True), start=1):
+                record = _run(model, seed, n)
+                record["test_result"] = {**record["test_result"], "er@10": e}
+                store.save_run(labels[-1], seed, record)
+    table = matrix_gains_table(store.summaries(labels, [1, 2, 3]), "LUMOS")
+    # NDCG@20 as in the hand computation above (+21.2%, p = 0.118); ER@10: mean .0333 vs 0, difference +.0333,
+    # differences 0 .1 0 -> t = 1, p = 0.423; bandwagon: ER@10 .3 vs .6, every difference -.3 -> p = 0 (marked)
+    assert "| attack=none,aggregator=fedavg | FedSASRec | 3 | 0.1333 | 0.1100 | +21.2% | 0.118 | 0.0333 | 0.0000 " \
+           "| +0.0333 | 0.423 |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| attack=bandwagon"))
+    assert "| 0.3000 | 0.6000 | -0.3000" in row
+    assert matrix_gains_table(store.summaries(labels[:1], [1, 2, 3]), "LUMOS") == ""  # no LUMOS row to pair
 
 
 def test_a_model_not_run_yet_is_not_reported_as_failed(tmp_path):
