@@ -110,11 +110,13 @@ def stored_runs(out: Path, cells: dict[str, list[str]]) -> dict[str, dict[int, d
 
 
 def best_by_validation(out: Path, cells: dict[str, list[str]], count: int) -> list[str]:
-    """The ``count`` LUMOS cells with the highest mean best-valid NDCG@20 over the seeds they share
-    with every other such cell (the selection rule; test numbers play no part)."""
+    """The ``count`` LUMOS cells with the highest mean best-valid NDCG@20 (the selection rule; test
+    numbers play no part), among the cells run on the most seeds, over the seeds they share."""
     runs = {c: r for c, r in stored_runs(out, cells).items() if not c.startswith("paper-") and c != BASELINE}
     if not runs:
         return []
+    most = max(len(r) for r in runs.values())
+    runs = {c: r for c, r in runs.items() if len(r) == most}
     common = set.intersection(*(set(r) for r in runs.values()))
     score = {
         c: sum(float(r[s]["best_valid_result"]["ndcg@20"]) for s in common) / max(1, len(common))
