@@ -1,8 +1,9 @@
 """One full-participation federated round, two ways, in the same process family.
 
 (a) reference: clients one by one, full-softmax cross-entropy, dense uploads;
-(b) the engine's default (``properties/overall.yaml``): cohorts trained together with
-    ``torch.func.vmap``, ``local_loss`` and sparse item-embedding uploads.
+(b) the engine's default (``properties/overall.yaml`` and the dataset's YAML): cohorts trained
+    together in one packed pass, ``local_loss`` (``--local_loss`` overrides it) and sparse
+    item-embedding uploads where the loss allows them.
 
 Each way runs in a fresh subprocess so that its peak RSS is its own. Prints a table
 (seconds per round, clients/s, bytes up per client, peak RSS, estimated FLOPs and the
@@ -64,12 +65,12 @@ def _matmul_gflops() -> float:
     return n * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
 
 
-def run_way(way: str, dataset: str, data_path: str, max_clients: int | None) -> dict:
+def run_way(way: str, dataset: str, data_path: str, max_clients: int | None, local_loss: str | None = None) -> dict:
     from recbole_lumos.data.partition import RoundSampler, collate_cohort
     from recbole_lumos.federated.aggregators import build_aggregator
     from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
 
-    config, model, partition = _setup(dataset, data_path, {})
+    config, model, partition = _setup(dataset, data_path, {"local_loss": local_loss} if local_loss else {})
     settings = LocalSettings.from_config(config)
     client_batch = int(config["client_batch"])
     if way == "reference":
@@ -129,16 +130,21 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--data_path", default="dataset/")
     parser.add_argument("--max_clients", type=int, default=None, help="only the first N clients (quick check)")
+    parser.add_argument(
+        "--local_loss", choices=["ce", "sampled_ce", "bce"], help="the engine's loss (default: the dataset's own)"
+    )
     parser.add_argument("--way", choices=["reference", "default"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.way:
-        print(json.dumps(run_way(args.way, args.dataset, args.data_path, args.max_clients)))
+        print(json.dumps(run_way(args.way, args.dataset, args.data_path, args.max_clients, args.local_loss)))
         return
     rows = []
     for way in ("reference", "default"):
         cmd = [sys.executable, __file__, f"--dataset={args.dataset}", f"--data_path={args.data_path}", f"--way={way}"]
         if args.max_clients:
             cmd.append(f"--max_clients={args.max_clients}")
+        if args.local_loss:
+            cmd.append(f"--local_loss={args.local_loss}")
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     gflops = _matmul_gflops()
