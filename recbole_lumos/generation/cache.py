@@ -24,6 +24,12 @@ all their views (F, R and every counterfactual) are dropped (they are generated 
 identically: every draw is seeded by ``(seed, user)``), and complete users are skipped.
 Rows already computed are never overwritten; a file that cannot be read is an error
 that says to delete it.
+
+Concurrent runs: a process reads, generates and appends while it holds an exclusive
+lock on ``<file>.lock`` (:meth:`ViewsFile.locked`, POSIX ``flock``). Two runs of the same
+views settings started together (a study with ``--jobs 2``, two seeds sharing
+``lumos_views_seed``) would otherwise both generate and both append, leaving every user
+twice in the file; the second now waits, then finds every user cached.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +107,28 @@ class ViewsFile:
         self.view_names = view_names(int(self.key.get("num_counterfactuals", 1)))
         self.path = Path(cache_dir) / f"{dataset}-{mode}-{key_hash(key)}.views"
         self.sidecar = self.path.with_suffix(".json")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the file's exclusive lock (waiting for another process that holds it, and saying so)."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one writer at a time is then the user's to ensure
+            yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("views cache %s: another process is writing it; waiting for it", self.path)
+                started = time.perf_counter()
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                logger.info("views cache %s: free after %.0f s", self.path, time.perf_counter() - started)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _malformed(self, line_number: int, why: str) -> AtomicFileError:
         return AtomicFileError(

@@ -153,29 +153,30 @@ def ensure_views(config: Any, dataset: Any, train_dataset: Any, *, max_users: in
     item_tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field]]
 
     views_file = views_file_for(settings, mode)
-    cached = views_file.load(users=set(user_tokens), items=set(item_tokens[1:]))
-    todo = [user for user in selected if user not in cached]
-    counters = _Counters(views_file.read_sidecar().get("counters") if cached else None)
-    logger.info(
-        "views: %d of %d users found in %s, %d to generate",
-        len(selected) - len(todo),
-        len(selected),
-        views_file.path,
-        len(todo),
-    )
-    timings = {"model_load_seconds": 0.0, "embedding_seconds": 0.0, "generation_seconds": 0.0}
-    if todo:
-        job = _Generation(settings, mode, views_file, cached, counters, timings)
-        try:
-            job.run(config, dataset, {u: histories[by_token[u]].numpy() for u in todo}, histories, item_tokens)
-        finally:
-            timings["model_load_seconds"] = job.session.load_seconds
-            if views_file.path.is_file():
-                stats = _stats(mode, selected, cached, counters, timings, start, len(todo), views_file.view_names)
-                views_file.write_sidecar(stats, counters.as_dict())
-    stats = _stats(mode, selected, cached, counters, timings, start, len(todo), views_file.view_names)
-    if todo or not views_file.sidecar.is_file():  # a cached call keeps the statistics of the run that generated
-        views_file.write_sidecar(stats, counters.as_dict())
+    with views_file.locked():  # one writer per file: concurrent runs of these settings wait, then read
+        cached = views_file.load(users=set(user_tokens), items=set(item_tokens[1:]))
+        todo = [user for user in selected if user not in cached]
+        counters = _Counters(views_file.read_sidecar().get("counters") if cached else None)
+        logger.info(
+            "views: %d of %d users found in %s, %d to generate",
+            len(selected) - len(todo),
+            len(selected),
+            views_file.path,
+            len(todo),
+        )
+        timings = {"model_load_seconds": 0.0, "embedding_seconds": 0.0, "generation_seconds": 0.0}
+        if todo:
+            job = _Generation(settings, mode, views_file, cached, counters, timings)
+            try:
+                job.run(config, dataset, {u: histories[by_token[u]].numpy() for u in todo}, histories, item_tokens)
+            finally:
+                timings["model_load_seconds"] = job.session.load_seconds
+                if views_file.path.is_file():
+                    stats = _stats(mode, selected, cached, counters, timings, start, len(todo), views_file.view_names)
+                    views_file.write_sidecar(stats, counters.as_dict())
+        stats = _stats(mode, selected, cached, counters, timings, start, len(todo), views_file.view_names)
+        if todo or not views_file.sidecar.is_file():  # a cached call keeps the statistics of the run that generated
+            views_file.write_sidecar(stats, counters.as_dict())
     _log_stats(stats)
     return ViewSet(path=views_file.path, views={u: cached[u] for u in selected}, stats=stats, mode=mode)
 

@@ -156,3 +156,31 @@ def test_counterfactual_rows_the_key_does_not_have_are_a_clear_error(tmp_path):
     four.path.write_text(f"{HEADER}\nu1\tC3\t1 2\nu1\tC3\t1 2\n")
     with pytest.raises(AtomicFileError, match="second C3 row"):
         four.load()
+
+
+def test_a_second_writer_waits_for_the_first_and_then_finds_its_users(tmp_path):
+    """Two runs of the same views settings at once: without the lock both would generate and append
+    (every user twice, a malformed file); with it the second waits, then reads the first one's rows."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    started = tmp_path / "first-holds-the-lock"
+    first = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, time
+        from recbole_lumos.generation.cache import ViewsFile
+        file = ViewsFile({str(tmp_path)!r}, "tiny", "semantic", {{"seed": 1}})
+        with file.locked():
+            pathlib.Path({str(started)!r}).touch()
+            time.sleep(1.0)  # generating
+            file.append({{"u1": {VIEWS["u1"]!r}}})
+    """)])
+    deadline = time.time() + 60
+    while not started.exists():
+        assert first.poll() is None and time.time() < deadline, "the first writer never took the lock"
+        time.sleep(0.02)
+    file = views_file(tmp_path)
+    with file.locked():  # free only once the first writer has appended (without the lock: {} here)
+        assert file.load(users={"u1", "u2"}, items=set("123456789")) == {"u1": VIEWS["u1"]}
+    assert first.wait() == 0
