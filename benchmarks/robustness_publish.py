@@ -137,6 +137,42 @@ def main() -> None:
     plotted = [published[name] for name in ("ml-100k-matrix", "ml-100k-ratio") if name in published]
     if plotted:
         exposure_plot(plotted, args.out)
+    fill_readme(args.out)
+
+
+def tables_of(results_md: Path) -> list[str]:
+    """The Markdown tables of a ``results.md``, in order."""
+    blocks, current = [], []
+    for line in results_md.read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return blocks
+
+
+def fill_readme(out: Path) -> None:
+    """Put the current tables between the README's ``<!-- name -->`` / ``<!-- /name -->`` markers."""
+    readme = out / "README.md"
+    if not readme.is_file():
+        return
+    tables = {}
+    for name in ("ml-100k-matrix", "ml-100k-ldp", "ml-100k-ratio", "ml-100k-noise"):
+        if (out / name / "results.md").is_file():
+            found = tables_of(out / name / "results.md")
+            tables[name] = found[0]
+            if name == "ml-100k-matrix" and len(found) > 1:
+                tables["ml-100k-matrix-pairs"] = found[-1]
+    if (out / "noise.md").is_file():
+        tables["noise"] = (out / "noise.md").read_text().strip()
+    text = readme.read_text()
+    for name, table in tables.items():
+        start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1]
+    readme.write_text(text)
 
 
 if __name__ == "__main__":
