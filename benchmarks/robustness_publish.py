@@ -91,11 +91,11 @@ def noise_table(noise: Path, study: Path) -> str:
             ndcg = mean_std([results[s]["ndcg@20"] for s in got])
             change = p = ""
             common = [s for s in got if s in rows[0.0]]
-            if ratio > 0 and len(common) >= 2:
+            if ratio > 0 and common:
                 ours = [results[s]["ndcg@20"] for s in common]
                 base = [rows[0.0][s]["ndcg@20"] for s in common]
                 change = f"{relative_gain(sum(ours), sum(base)):+.1%}"
-                p = f"{paired_t_test(ours, base)[1]:.3f}"
+                p = f"{paired_t_test(ours, base)[1]:.3f}" if len(common) >= 2 else ""
             lines.append(
                 f"| {model} | {ratio:g} | {','.join(map(str, got))} | {hit[0]:.4f} ± {hit[1]:.4f} | "
                 f"{ndcg[0]:.4f} ± {ndcg[1]:.4f} | {change} | {p} |"
