@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from recbole_lumos.report.comparison import ComparisonStore, split_label, write_outputs
+from recbole_lumos.report.comparison import ComparisonStore, ModelSummary, split_label, write_outputs
 from recbole_lumos.report.plots import write_plots
 from recbole_lumos.report.stats import mean_std, paired_t_test, relative_gain
 
@@ -105,8 +105,6 @@ def noise_table(noise: Path, study: Path) -> str:
 
 def exposure_plot(sources: list[Path], dest: Path) -> None:
     """ER@10 against attack_ratio for FedAvg: bandwagon runs at every ratio, no-attack runs as ratio 0."""
-    from recbole_lumos.report.comparison import ModelSummary
-
     runs = []
     for folder in sources:
         for run in runs_of(folder):
