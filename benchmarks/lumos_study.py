@@ -25,14 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from recbole_lumos.report.budgets import budget_table, reach_table
 from recbole_lumos.report.stats import mean_std, paired_t_test
 
 BASE_CONFIG = "properties/experiment/cpu-small.yaml"
-BASE = [
-    "--dataset=ml-100k",
-    f"--config_files={BASE_CONFIG}",
-    "--show_progress=False",
-]
+BASE = [f"--config_files={BASE_CONFIG}", "--show_progress=False"]
+GRID_STORE = Path("results/lumos-study/runs")
+"""The ml-100k grid's published runs: ``--confirm`` takes its best cells by validation from here."""
 BASELINE = "FedSASRec"
 TODAY = "nc1-aug0-l0.1"
 """LUMOS's defaults before the study: one counterfactual, no augmentation, lambda_cl 0.1."""
@@ -85,10 +84,13 @@ def run_path(out: Path, cell: str, overrides: list[str], seed: int) -> Path:
     return out / cell / "runs" / f"{model_of(overrides)}-seed{seed}.json"
 
 
-def run_one(out: Path, cell: str, overrides: list[str], seed: int, data_path: str) -> tuple[str, int, float, int]:
+def run_one(
+    out: Path, cell: str, overrides: list[str], seed: int, data_path: str, dataset: str
+) -> tuple[str, int, float, int]:
     log = out / cell / f"seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "run_recbole_lumos.py", *BASE, *overrides, f"--data_path={data_path}"]
+    command = [sys.executable, "run_recbole_lumos.py", f"--dataset={dataset}", *BASE, *overrides]
+    command += [f"--data_path={data_path}"]
     command += [f"--seed={seed}", "--seeds=1", f"--results_dir={out / cell}"]
     start = time.time()
     with log.open("a") as handle:
@@ -172,21 +174,47 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022, 2023, 2024])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="cells to run (default: all)")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument(
+        "--confirm",
+        type=int,
+        metavar="N",
+        help="run FedSASRec, today's LUMOS and the N best cells by validation of the ml-100k grid "
+        f"({GRID_STORE}) only: the confirmation on another data set",
+    )
     parser.add_argument("--data_path", default="../shared/datasets")
     parser.add_argument("--table", action="store_true", help="print the table of stored runs and exit")
     parser.add_argument(
         "--headline", type=int, metavar="N", help="print FedSASRec, today's LUMOS and the N best cells by validation"
+    )
+    parser.add_argument(
+        "--budgets",
+        action="store_true",
+        help="print NDCG@20 at 50, 100 and 200 rounds, and the rounds and bytes to reach 90%% and 95%% "
+        "of FedSASRec's final validation, for the stored runs, and exit",
     )
     args = parser.parse_args()
     cells = grid()
     if args.table:
         print(table(args.out, cells))
         return
+    if args.budgets:
+        runs = stored_runs(args.out, cells)
+        for paper in (False, True):
+            chosen = {c: r for c, r in runs.items() if c.startswith("paper-") == paper}
+            if chosen:
+                baseline = f"paper-{BASELINE}" if paper else BASELINE
+                print(budget_table(chosen, baseline), reach_table(chosen, baseline), sep="\n\n", end="\n\n")
+        return
     if args.headline:
         best = best_by_validation(args.out, cells, args.headline)
         print(table(args.out, cells, [BASELINE, *dict.fromkeys([TODAY, *best])]))
         return
-    chosen = {c: o for c, o in cells.items() if not args.only or c in args.only}
+    only = args.only
+    if args.confirm:
+        only = [BASELINE, *dict.fromkeys([TODAY, *best_by_validation(GRID_STORE, cells, args.confirm)])]
+        print(f"confirming on {args.dataset}: {', '.join(only)}", flush=True)
+    chosen = {c: o for c, o in cells.items() if not only or c in only}
     todo = [
         (cell, overrides, seed)
         for seed in args.seeds
@@ -195,11 +223,11 @@ def main() -> None:
     ]
     print(f"{len(todo)} runs to do", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_one, args.out, c, o, s, args.data_path) for c, o, s in todo]
+        futures = [pool.submit(run_one, args.out, c, o, s, args.data_path, args.dataset) for c, o, s in todo]
         for future in futures:
             cell, seed, seconds, code = future.result()
             print(f"{cell} seed {seed}: {'ok' if code == 0 else f'exit {code}'} in {seconds:.0f} s", flush=True)
-    print(table(args.out, cells))
+    print(table(args.out, cells, only))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ class RunResult:
     cpu_time_s: float | None = None
     """CPU seconds of the process (all threads), summed like ``wall_time_s``: the figure to
     compare when other jobs share the machine."""
+    at_budgets: list[dict[str, Any]] = field(default_factory=list)
+    """All-position runs: for each of ``round_budgets`` B, the valid and test metrics of the best
+    model by validation up to round B, and the round it came from (``best_round``)."""
     ended_by_budget: bool = False
     """All-position runs: the ``epochs`` budget, not early stopping, ended the run (a warning said so)."""
     time_complete: bool = True
@@ -265,7 +268,7 @@ def run_model(
         traffic = outcome["traffic"]
         extra.update(epochs=outcome["rounds"], traffic=traffic, generation=outcome["generation"])
         extra.update(num_clients=outcome["clients"], valid_curve=outcome["valid_curve"])
-        extra.update(ended_by_budget=outcome["ended_by_budget"])
+        extra.update(ended_by_budget=outcome["ended_by_budget"], at_budgets=outcome["at_budgets"])
         extra.update(privacy=outcome["privacy"], attack=outcome["attack"])
         if traffic:
             extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)

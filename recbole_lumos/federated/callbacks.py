@@ -1,9 +1,11 @@
 """Cross-cutting behaviour at Lightning's hooks: aggregation at the end of a round, the
-run's clock across resumed segments, and checkpoints that survive a moved run folder."""
+run's clock across resumed segments, checkpoints that survive a moved run folder, and the
+best model as it stood at fixed round budgets."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,28 @@ class RunFolderCheckpoint(ModelCheckpoint):
                 state_dict[key] = rebase(state_dict.get(key))
             state_dict["best_k_models"] = {rebase(k): v for k, v in state_dict.get("best_k_models", {}).items()}
         super().load_state_dict(state_dict)
+
+
+class BudgetCheckpoints(pl.Callback):
+    """Keeps the best checkpoint as it stood after ``budgets`` rounds (epochs, central), as
+    ``best-round<B>.ckpt``: the model a run stopped at round B would have chosen by validation.
+
+    Published federated results often train for a fixed number of rounds; evaluating these files
+    afterwards gives test metrics at each budget without evaluating test during training (which
+    could not influence training, but would cost a test pass per validation). Copying a file
+    touches no random state, so a run's numbers are the same with or without budgets.
+    Lightning validates before ``on_train_epoch_end``, so the copy sees round B's validation.
+    """
+
+    def __init__(self, best: ModelCheckpoint, budgets: list[int]) -> None:
+        self.best = best
+        self.budgets = sorted({int(b) for b in budgets if int(b) > 0})
+
+    @staticmethod
+    def path(folder: Path, budget: int) -> Path:
+        return Path(folder) / f"best-round{budget}.ckpt"
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rounds_done = trainer.current_epoch + 1
+        if rounds_done in self.budgets and self.best.best_model_path and self.best.dirpath:
+            shutil.copyfile(self.best.best_model_path, self.path(Path(self.best.dirpath), rounds_done))

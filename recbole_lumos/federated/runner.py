@@ -33,7 +33,12 @@ from recbole_lumos.data.partition import (
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.accounting import PrivacyBudget, check_delta, privacy_budget
 from recbole_lumos.federated.allocator import keep_freed_memory
-from recbole_lumos.federated.callbacks import AggregationCallback, RunClock, RunFolderCheckpoint
+from recbole_lumos.federated.callbacks import (
+    AggregationCallback,
+    BudgetCheckpoints,
+    RunClock,
+    RunFolderCheckpoint,
+)
 from recbole_lumos.federated.module import SequentialRecModule
 from recbole_lumos.federated.population import Population, build_population
 from recbole_lumos.report.exposure import ExposureMeter
@@ -55,6 +60,7 @@ _VOLATILE = {
     "federated_stopping_step",
     "stopping_step",
     "ldp_delta",  # reporting only
+    "round_budgets",  # reporting only
 }
 
 _ADDED_UNSET = {"lumos_views_seed", "target_items", "attack_length"}
@@ -243,7 +249,8 @@ def run_lightning(
         dirpath=folder, filename="last", every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False
     )
     early_stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
-    callbacks: list[pl.Callback] = [checkpoints, every_round, early_stopping, clock]
+    budgets = BudgetCheckpoints(checkpoints, list(config["round_budgets"] or []))
+    callbacks: list[pl.Callback] = [checkpoints, every_round, early_stopping, clock, budgets]
     aggregation = AggregationCallback(config) if federated else None
     if aggregation is not None:
         callbacks.append(aggregation)
@@ -288,18 +295,27 @@ def run_lightning(
         if not best_path:  # fewer epochs/rounds than eval_step: no validation ran
             logger.info("no validation during training (epochs < eval_step): evaluating the final model")
             best_path = str(folder / "last.ckpt")
-        state = load_trusted(best_path)["state_dict"]
-        module.load_state_dict(state)
-        trainer.validate(module, dataloaders=valid_data, verbose=False)
-        best_valid = dict(module.last_result)
-        trainer.test(module, dataloaders=test_data, verbose=False)
-        test_result = dict(module.last_result)
+        rounds = int(trainer.current_epoch)
+        at_budgets = [
+            {"rounds": b, **evaluate_checkpoint(trainer, module, path, valid_data, test_data)}
+            for b in budgets.budgets
+            if b < rounds and (path := BudgetCheckpoints.path(folder, b)).is_file()
+        ]
+        final = evaluate_checkpoint(trainer, module, Path(best_path), valid_data, test_data)
+        best_valid, test_result = final["valid"], final["test"]
+        # A run that stopped before a budget had its final best model at that budget.
+        at_budgets += [
+            {"valid": best_valid, "test": test_result, "rounds": b} for b in budgets.budgets if b >= rounds
+        ]
+        for entry in at_budgets:
+            entry["best_round"] = best_round(curve, metric, entry["rounds"], mode)
     history = aggregation.history if aggregation else []
     privacy = run_privacy(config, loader.batch_sampler, population, int(trainer.current_epoch)) if federated else None
     return {
         "best_valid_result": best_valid,
         "test_result": test_result,
-        "rounds": int(trainer.current_epoch),
+        "rounds": rounds,
+        "at_budgets": at_budgets,
         "run_folder": str(folder),
         "traffic": history,
         "clients": len(partition),
@@ -309,6 +325,28 @@ def run_lightning(
         "privacy": None if privacy is None else privacy.as_dict(),
         "attack": population.attack_summary(),
     }
+
+
+def evaluate_checkpoint(
+    trainer: pl.Trainer, module: pl.LightningModule, checkpoint: Path, valid_data: Any, test_data: Any
+) -> dict[str, dict[str, float]]:
+    """``{"valid": ..., "test": ...}`` of the model in ``checkpoint``, which stays loaded in ``module``."""
+    module.load_state_dict(load_trusted(checkpoint)["state_dict"])
+    trainer.validate(module, dataloaders=valid_data, verbose=False)
+    valid = dict(module.last_result)
+    trainer.test(module, dataloaders=test_data, verbose=False)
+    return {"valid": valid, "test": dict(module.last_result)}
+
+
+def best_round(curve: list[dict[str, float]], metric: str, budget: int, mode: str = "max") -> int | None:
+    """The round (1-based) of the best validation up to round ``budget``, the first on ties
+    (as Lightning's checkpoint keeps the first best); None before any validation."""
+    seen = [point for point in curve if point["epoch"] + 1 <= budget and metric in point]
+    if not seen:
+        return None
+    pick = max if mode == "max" else min
+    best = pick(point[metric] for point in seen)
+    return int(next(point["epoch"] for point in seen if point[metric] == best)) + 1
 
 
 def run_privacy(config: Any, sampler: RoundSampler, population: Population, rounds: int) -> PrivacyBudget | None:

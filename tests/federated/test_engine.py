@@ -325,3 +325,32 @@ def test_a_run_cut_by_its_round_budget_says_so(tiny_data, tmp_path, caplog):
     frozen = {**settings, "epochs": 50, "server_lr": 0.0, "checkpoint_dir": str(tmp_path / "s")}
     stopped = run_model("FedSASRec", "tiny", overrides=frozen)
     assert stopped.epochs < 50 and not stopped.ended_by_budget and "before early stopping" not in caplog.text
+
+
+def test_round_budgets_report_the_best_model_up_to_each_budget_and_change_nothing_else(tiny_data, tmp_path):
+    """Valid and test at rounds 4 and 8 are those of the best validation up to that round (the
+    checkpoint copied then, evaluated after training); a budget past the run's end is its final
+    best; and the run's own numbers are those of the same run without budgets."""
+    settings = {**TINY, "data_path": str(tiny_data), "epochs": 12, "federated_eval_step": 2, "topk": [5]}
+    settings |= {"federated_stopping_step": 100, "valid_metric": "NDCG@5", "server_lr": 0.3}
+    with_budgets = run_model(
+        "FedSASRec", "tiny", overrides={**settings, "round_budgets": [4, 8, 50], "checkpoint_dir": str(tmp_path / "b")}
+    )
+    without = run_model(
+        "FedSASRec", "tiny", overrides={**settings, "round_budgets": [], "checkpoint_dir": str(tmp_path / "n")}
+    )
+    assert without.at_budgets == []
+    assert with_budgets.valid_curve == without.valid_curve
+    assert with_budgets.test_result == without.test_result
+    by_budget = {entry["rounds"]: entry for entry in with_budgets.at_budgets}
+    assert sorted(by_budget) == [4, 8, 50]
+    for budget in (4, 8):
+        seen = [p for p in with_budgets.valid_curve if p["epoch"] + 1 <= budget]
+        best = max(seen, key=lambda p: p["ndcg@5"])  # first of the best, as the checkpoint keeps it
+        assert by_budget[budget]["best_round"] == int(best["epoch"]) + 1
+        assert by_budget[budget]["valid"]["ndcg@5"] == pytest.approx(best["ndcg@5"], abs=1e-4)
+        assert list((tmp_path / "b").glob(f"FedSASRec-tiny-*/best-round{budget}.ckpt"))
+    assert by_budget[50]["test"] == with_budgets.test_result
+    assert by_budget[50]["valid"] == with_budgets.best_valid_result
+    # the curve must move for the budgets to mean anything: round 4's best is not the final best
+    assert by_budget[4]["valid"]["ndcg@5"] < with_budgets.best_valid_result["ndcg@5"]
