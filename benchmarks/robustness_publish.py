@@ -156,7 +156,7 @@ def fill_readme(out: Path) -> None:
     if not readme.is_file():
         return
     tables = {}
-    for name in ("ml-100k-matrix", "ml-100k-ldp", "ml-100k-ratio", "ml-100k-noise"):
+    for name in ("ml-100k-matrix", "ml-100k-ldp", "ml-100k-ratio", "ml-100k-noise", "amazon-beauty-bandwagon"):
         if (out / name / "results.md").is_file():
             found = tables_of(out / name / "results.md")
             tables[name] = found[0]
