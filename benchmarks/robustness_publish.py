@@ -1,13 +1,14 @@
 """Publish the robustness study (issue 17) from its comparison folders into ``results/robustness/``.
 
-The study is four comparisons of the command line, each resumable on its own
+The study is five comparisons of the command line, each resumable on its own
 (``saved/robustness/<name>``; the commands are in ``results/robustness/README.md``):
 
 * ``ml-100k-matrix``: {FedSASRec, LUMOS} x {none, bandwagon, scaled} x {fedavg, median, norm_bound};
 * ``ml-100k-ldp``: bandwagon under FedAvg with local DP at a noise multiplier chosen for epsilon ~ 8;
 * ``ml-100k-noise``: ``noise_ratio`` 0.1, 0.2 and 0.3 (ratio 0 is FedSASRec's and LUMOS's runs of the
   LUMOS study, the same command without noise: ``--study``);
-* ``ml-100k-ratio``: bandwagon under FedAvg at several ``attack_ratio`` values, for the plot.
+* ``ml-100k-ratio``: bandwagon under FedAvg at several ``attack_ratio`` values, for the plot;
+* ``amazon-beauty-bandwagon``: bandwagon under FedAvg on sparse data, both models, one seed.
 
 For each it copies ``runs/*.json`` and rewrites ``results.md`` / ``results.csv`` with the current
 report code (the cell-by-cell LUMOS-vs-FedSASRec pairs included); then it writes ``noise.md`` (the

@@ -41,6 +41,7 @@ from recbole_lumos.federated.callbacks import (
 )
 from recbole_lumos.federated.module import SequentialRecModule
 from recbole_lumos.federated.population import Population, build_population
+from recbole_lumos.report.budgets import best_validation
 from recbole_lumos.report.exposure import ExposureMeter
 
 # Keys that do not change what is trained (so they do not change the run folder).
@@ -308,7 +309,8 @@ def run_lightning(
             {"valid": best_valid, "test": test_result, "rounds": b} for b in budgets.budgets if b >= rounds
         ]
         for entry in at_budgets:
-            entry["best_round"] = best_round(curve, metric, entry["rounds"], mode)
+            best = best_validation(curve, entry["rounds"], metric, bigger=mode == "max")
+            entry["best_round"] = None if best is None else int(best["epoch"]) + 1
     history = aggregation.history if aggregation else []
     privacy = run_privacy(config, loader.batch_sampler, population, int(trainer.current_epoch)) if federated else None
     return {
@@ -336,17 +338,6 @@ def evaluate_checkpoint(
     valid = dict(module.last_result)
     trainer.test(module, dataloaders=test_data, verbose=False)
     return {"valid": valid, "test": dict(module.last_result)}
-
-
-def best_round(curve: list[dict[str, float]], metric: str, budget: int, mode: str = "max") -> int | None:
-    """The round (1-based) of the best validation up to round ``budget``, the first on ties
-    (as Lightning's checkpoint keeps the first best); None before any validation."""
-    seen = [point for point in curve if point["epoch"] + 1 <= budget and metric in point]
-    if not seen:
-        return None
-    pick = max if mode == "max" else min
-    best = pick(point[metric] for point in seen)
-    return int(next(point["epoch"] for point in seen if point[metric] == best)) + 1
 
 
 def run_privacy(config: Any, sampler: RoundSampler, population: Population, rounds: int) -> PrivacyBudget | None:

@@ -18,14 +18,26 @@ from recbole_lumos.report.stats import mean_std, paired_t_test, relative_gain
 Run = Mapping[str, Any]
 
 
+def best_validation(
+    curve: Sequence[Mapping[str, float]], budget: int, metric: str = "ndcg@20", bigger: bool = True
+) -> Mapping[str, float] | None:
+    """The best validation of ``curve`` up to round ``budget``, the first on ties (as Lightning's
+    checkpoint keeps the first best); None before any validation."""
+    seen = [point for point in curve if point["epoch"] + 1 <= budget and metric in point]
+    if not seen:
+        return None
+    best = (max if bigger else min)(point[metric] for point in seen)
+    return next(point for point in seen if point[metric] == best)
+
+
 def at_budget(run: Run, budget: int, split: str = "valid", metric: str = "ndcg@20") -> float | None:
     """``split`` ``metric`` of the best model by validation up to round ``budget``.
 
     Valid: the best of the curve up to that round (None before the first validation). Test: the
     run's ``at_budgets`` entry (None when the run did not record one)."""
     if split == "valid":
-        seen = [float(p[metric]) for p in run.get("valid_curve") or [] if p["epoch"] + 1 <= budget and metric in p]
-        return max(seen) if seen else None
+        best = best_validation(run.get("valid_curve") or [], budget, metric)
+        return None if best is None else float(best[metric])
     for entry in run.get("at_budgets") or []:
         if int(entry["rounds"]) == budget:
             return float(entry[split][metric])
