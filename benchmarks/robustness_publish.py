@@ -105,14 +105,19 @@ def noise_table(noise: Path, study: Path) -> str:
 
 
 def exposure_plot(sources: list[Path], dest: Path) -> None:
-    """ER@10 against attack_ratio for FedAvg: bandwagon runs at every ratio, no-attack runs as ratio 0."""
-    runs = []
+    """ER@10 against attack_ratio for FedAvg: bandwagon runs at every ratio, no-attack runs as ratio 0.
+
+    A run that two folders both hold (the sweep's 5% seed-2020 run is the matrix's, the same command)
+    is counted once."""
+    runs = {}
     for folder in sources:
         for run in runs_of(folder):
             config = run.get("config") or {}
             fedavg = str(config.get("aggregator") or "fedavg") == "fedavg"
             if fedavg and str(config.get("attack")) in ("none", "bandwagon"):
-                runs.append(run)
+                key = (run["model"], run["seed"], str(config.get("attack")), config.get("attack_ratio"))
+                runs.setdefault(key, run)
+    runs = list(runs.values())
     with tempfile.TemporaryDirectory() as scratch:
         written = write_plots(Path(scratch), [ModelSummary("all", runs=runs)])
         for path in written:

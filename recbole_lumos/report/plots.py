@@ -142,14 +142,15 @@ def write_plots(folder: Path, rows: Sequence) -> list[Path]:
     lines = exposure_lines([run for row in rows for run in row.runs])
     if lines:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        # A colour per (attack, aggregator), a line style per model.
+        # A colour per (attack, aggregator), a line style per model; one setting: a colour per model too.
         settings = sorted({(attack, aggregator) for _, attack, aggregator in lines})
         models = sorted({model for model, _, _ in lines})
         palette = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")
         for (model, attack, aggregator), points in sorted(lines.items()):
             ratios, means, stds = zip(*points, strict=True)
+            colour = settings.index((attack, aggregator)) if len(settings) > 1 else models.index(model)
             ax.errorbar(ratios, means, yerr=stds, marker="o", markersize=3, capsize=3,
-                        color=palette(settings.index((attack, aggregator)) % palette.N),
+                        color=palette(colour % palette.N),
                         linestyle=("-", "--", ":", "-.")[models.index(model) % 4],
                         label=f"{model}, {attack}, {aggregator}")
         ax.set_xlabel("attack_ratio (malicious clients per benign client)")
