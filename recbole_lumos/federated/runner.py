@@ -298,11 +298,11 @@ def run_lightning(
             best_path = str(folder / "last.ckpt")
         rounds = int(trainer.current_epoch)
         at_budgets = [
-            {"rounds": b, **evaluate_checkpoint(trainer, module, path, valid_data, test_data)}
+            {"rounds": b, **valid_and_test(trainer, module, path, valid_data, test_data)}
             for b in budgets.budgets
             if b < rounds and (path := BudgetCheckpoints.path(folder, b)).is_file()
         ]
-        final = evaluate_checkpoint(trainer, module, Path(best_path), valid_data, test_data)
+        final = valid_and_test(trainer, module, Path(best_path), valid_data, test_data)
         best_valid, test_result = final["valid"], final["test"]
         # A run that stopped before a budget had its final best model at that budget.
         at_budgets += [
@@ -329,7 +329,7 @@ def run_lightning(
     }
 
 
-def evaluate_checkpoint(
+def valid_and_test(
     trainer: pl.Trainer, module: pl.LightningModule, checkpoint: Path, valid_data: Any, test_data: Any
 ) -> dict[str, dict[str, float]]:
     """``{"valid": ..., "test": ...}`` of the model in ``checkpoint``, which stays loaded in ``module``."""
