@@ -4,8 +4,8 @@
 #   bash benchmarks/lumos_study_publish.sh saved/lumos-study-ml-1m ml-1m      # a confirmation (--confirm)
 # The grid: runs/<cell>/runs/*.json, ml-100k-grid.md (every cell), headline.md (FedSASRec, LUMOS's former defaults
 # and the three best cells by validation) and ml-100k-budgets.md (at 50/100/200 rounds; rounds and bytes to 90% and
-# 95% of FedSASRec); README.md embeds the grid between markers. A confirmation: <dataset>/runs/..., <dataset>/table.md
-# and <dataset>/budgets.md.
+# 95% of FedSASRec). A confirmation: <dataset>/runs/..., <dataset>/table.md and <dataset>/budgets.md. README.md embeds
+# the grid and each confirmation's tables between markers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOURCE=${1:?the study folder (--out of benchmarks/lumos_study.py)}
@@ -19,18 +19,25 @@ done
 if [ -n "$DATASET" ]; then
   python benchmarks/lumos_study.py --out "$DEST/runs" --table > "$DEST/table.md"
   python benchmarks/lumos_study.py --out "$DEST/runs" --budgets > "$DEST/budgets.md"
-  exit 0
+  EMBED=("$DATASET=$DEST/table.md" "$DATASET-budgets=$DEST/budgets.md")
+else
+  python benchmarks/lumos_study.py --out "$DEST/runs" --table > "$DEST/ml-100k-grid.md"
+  python benchmarks/lumos_study.py --out "$DEST/runs" --headline 3 > "$DEST/headline.md"
+  python benchmarks/lumos_study.py --out "$DEST/runs" --budgets > "$DEST/ml-100k-budgets.md"
+  EMBED=("grid=$DEST/ml-100k-grid.md")
 fi
-python benchmarks/lumos_study.py --out "$DEST/runs" --table > "$DEST/ml-100k-grid.md"
-python benchmarks/lumos_study.py --out "$DEST/runs" --headline 3 > "$DEST/headline.md"
-python benchmarks/lumos_study.py --out "$DEST/runs" --budgets > "$DEST/ml-100k-budgets.md"
-python - "$DEST" <<'PY'
+# results/lumos-study/README.md shows each table between <!-- name --> and <!-- /name -->
+python - results/lumos-study/README.md "${EMBED[@]}" <<'PY'
 import sys
 from pathlib import Path
 
-dest = Path(sys.argv[1])
-readme = (dest / "README.md").read_text()
-start, end = readme.index("<!-- grid -->") + len("<!-- grid -->"), readme.index("<!-- /grid -->")
-grid = (dest / "ml-100k-grid.md").read_text().strip()
-(dest / "README.md").write_text(readme[:start] + "\n" + grid + "\n" + readme[end:])
+readme = Path(sys.argv[1])
+text = readme.read_text()
+for pair in sys.argv[2:]:
+    name, source = pair.split("=", 1)
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + start + "\n" + Path(source).read_text().strip() + "\n" + end + rest.split(end, 1)[1]
+readme.write_text(text)
 PY
