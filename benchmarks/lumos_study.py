@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from recbole_lumos.report.budgets import budget_table, reach_table
+from recbole_lumos.report.budgets import budget_table, merge_at_budgets, reach_table
 from recbole_lumos.report.stats import mean_std, paired_t_test
 
 BASE_CONFIG = "properties/experiment/cpu-small.yaml"
@@ -168,6 +168,24 @@ def table(out: Path, cells: dict[str, list[str]], only: list[str] | None = None)
     return "\n".join(lines)
 
 
+def merge_budgets(out: Path, reruns: Path, cells: dict[str, list[str]]) -> None:
+    """Give the runs of ``out`` the ``at_budgets`` of their reruns in ``reruns`` (see
+    ``merge_at_budgets``): for runs stored before round budgets were recorded."""
+    for cell, by_seed in stored_runs(reruns, cells).items():
+        for seed, rerun in by_seed.items():
+            path = run_path(out, cell, cells[cell], seed)
+            if not path.exists():
+                print(f"{cell} seed {seed}: no stored run in {out}", flush=True)
+                continue
+            try:
+                merged = merge_at_budgets(json.loads(path.read_text()), rerun)
+            except ValueError as error:
+                print(f"{cell} seed {seed}: not merged: {error}", flush=True)
+                continue
+            path.write_text(json.dumps(merged, indent=2) + "\n")
+            print(f"{cell} seed {seed}: at_budgets merged", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("saved/lumos-study"))
@@ -193,8 +211,18 @@ def main() -> None:
         help="print NDCG@20 at 50, 100 and 200 rounds, and the rounds and bytes to reach 90%% and 95%% "
         "of FedSASRec's final validation, for the stored runs, and exit",
     )
+    parser.add_argument(
+        "--merge_budgets",
+        type=Path,
+        metavar="RERUNS",
+        help="copy test at each round budget from reruns (a --out folder of the same cells and seeds) into "
+        "the stored runs of --out, each only if its rerun reproduced the run exactly, and exit",
+    )
     args = parser.parse_args()
     cells = grid()
+    if args.merge_budgets:
+        merge_budgets(args.out, args.merge_budgets, cells)
+        return
     if args.table:
         print(table(args.out, cells))
         return

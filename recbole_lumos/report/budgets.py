@@ -141,3 +141,24 @@ def reach_table(
             row += f" {mean_rounds:.0f}{note} | {mean_gb:.1f} |"
         lines.append(row)
     return "\n".join(lines)
+
+
+REPRODUCED_FIELDS = ("epochs", "best_valid_result", "test_result", "valid_curve")
+"""What a rerun must reproduce exactly before its ``at_budgets`` may join a stored run."""
+
+
+def merge_at_budgets(stored: Run, rerun: Run) -> dict[str, Any]:
+    """``stored`` with the ``at_budgets`` of ``rerun``: how runs stored before round budgets existed
+    get their test at each budget, from a rerun of the same command and seed.
+
+    Raises ValueError unless the rerun reproduced the stored run (same seed, rounds, validation
+    curve and final metrics): budgets from a different trajectory would not be that run's."""
+    if "at_budgets" not in rerun:
+        raise ValueError("the rerun has no at_budgets: rerun it with round_budgets set")
+    for field in ("model", "dataset", "seed", *REPRODUCED_FIELDS):
+        if stored.get(field) != rerun.get(field):
+            raise ValueError(
+                f"the rerun differs from the stored run in {field!r}: it is not a reproduction of that "
+                "run, so its budgets cannot be merged (same command, seed and code are needed)"
+            )
+    return {**stored, "at_budgets": rerun["at_budgets"]}

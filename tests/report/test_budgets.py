@@ -2,7 +2,14 @@
 
 import pytest
 
-from recbole_lumos.report.budgets import at_budget, budget_table, bytes_until, reach_table, rounds_to_reach
+from recbole_lumos.report.budgets import (
+    at_budget,
+    budget_table,
+    bytes_until,
+    merge_at_budgets,
+    reach_table,
+    rounds_to_reach,
+)
 
 
 def _run(curve: list[float], tests: dict[int, float] | None = None, best: float | None = None) -> dict:
@@ -62,3 +69,17 @@ def test_reach_table_counts_the_seeds_that_never_get_there():
     # seed 1 reaches 0.18 at round 5 (150 bytes); seed 2 never reaches 0.36
     assert cells[2] == "5 (1/2 seeds)"
     assert float(cells[3]) == pytest.approx(150 / 1e9, abs=0.05)
+
+
+def test_budgets_merge_only_from_a_rerun_that_reproduced_the_run():
+    stored = {"model": "LUMOS", "dataset": "ml-100k", "seed": 1, "epochs": 20, **_run([0.1, 0.3])}
+    del stored["at_budgets"]
+    rerun = {**stored, "at_budgets": [{"rounds": 10, "test": {"ndcg@20": 0.2}}], "wall_time_s": 9.0}
+    merged = merge_at_budgets(stored, rerun)
+    assert at_budget(merged, 10, "test") == 0.2
+    assert "wall_time_s" not in merged  # nothing else comes over
+    drifted = {**rerun, "valid_curve": [*rerun["valid_curve"][:-1], {"epoch": 9, "ndcg@20": 0.31}]}
+    with pytest.raises(ValueError, match="valid_curve"):
+        merge_at_budgets(stored, drifted)
+    with pytest.raises(ValueError, match="round_budgets"):
+        merge_at_budgets(stored, stored)
