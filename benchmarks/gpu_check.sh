@@ -101,10 +101,14 @@ step fedsasrec-ml-1m 150 python run_recbole_lumos.py --model=FedSASRec --dataset
 step lumos-ml-1m 180 python run_recbole_lumos.py --model=LUMOS --dataset=ml-1m --epochs="$ROUNDS" --use_gpu="$GPU" \
   "${COMMON[@]}" "${SEMANTIC[@]}"
 step sasrec-ml-1m 120 python run_recbole_lumos.py --model=SASRec --dataset=ml-1m --epochs=2 --use_gpu="$GPU" "${COMMON[@]}"
+# 7. One 512-client ml-1m round, the one-by-one reference against the packed default (issue 15's speedup).
+step federated-round 150 python benchmarks/federated_round.py --dataset=ml-1m --data_path="$DATA" --max_clients=512 \
+  --device="$DEVICE"
 
 say ""
 say "Per step, from the logs:"
 grep -h "passed\|failed" "$OUT/tests.log" | tail -1 | sed 's/^/- tests: /' | tee -a "$SUMMARY"
+grep -h "^|\|^speedup\|^dataset" "$OUT/federated-round.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 grep -h "^|" "$OUT/host-syncs.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 for run in auto-mode-gpu auto-mode-cpu; do
   grep -h "views: .* mode (" "$OUT/$run.log" | head -1 | sed "s/^.*views: /- $run: /" | tee -a "$SUMMARY"
