@@ -4,8 +4,8 @@
 #   bash benchmarks/lumos_study_publish.sh saved/lumos-study-ml-1m ml-1m      # a confirmation (--confirm)
 # The grid: runs/<cell>/runs/*.json, ml-100k-grid.md (every cell), headline.md (FedSASRec, LUMOS's former defaults
 # and the three best cells by validation) and ml-100k-budgets.md (at 50/100/200 rounds; rounds and bytes to 90% and
-# 95% of FedSASRec). A confirmation: <dataset>/runs/..., <dataset>/table.md and <dataset>/budgets.md. README.md embeds
-# the grid and each confirmation's tables between markers.
+# 95% of FedSASRec). A confirmation: <dataset>/runs/..., <dataset>/table.md and <dataset>/budgets.md. The study's
+# README embeds the grid and each confirmation's tables between markers; the project README's copies are refreshed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOURCE=${1:?the study folder (--out of benchmarks/lumos_study.py)}
@@ -41,3 +41,4 @@ for pair in sys.argv[2:]:
         text = head + start + "\n" + Path(source).read_text().strip() + "\n" + end + rest.split(end, 1)[1]
 readme.write_text(text)
 PY
+python -m recbole_lumos.report.readme_tables README.md
