@@ -209,7 +209,7 @@ def main() -> None:
         "--budgets",
         action="store_true",
         help="print NDCG@20 at 50, 100 and 200 rounds, and the rounds and bytes to reach 90%% and 95%% "
-        "of FedSASRec's final validation, for the stored runs, and exit",
+        "of FedSASRec's final validation, for the stored runs (with --headline N: its cells only), and exit",
     )
     parser.add_argument(
         "--merge_budgets",
@@ -226,8 +226,12 @@ def main() -> None:
     if args.table:
         print(table(args.out, cells))
         return
+    best = best_by_validation(args.out, cells, args.headline) if args.headline else []
+    headline = [BASELINE, *dict.fromkeys([TODAY, *best])] if args.headline else []
     if args.budgets:
         runs = stored_runs(args.out, cells)
+        if headline:
+            runs = {cell: runs[cell] for cell in headline if cell in runs}
         for paper in (False, True):
             chosen = {c: r for c, r in runs.items() if c.startswith("paper-") == paper}
             if chosen:
@@ -235,8 +239,7 @@ def main() -> None:
                 print(budget_table(chosen, baseline), reach_table(chosen, baseline), sep="\n\n", end="\n\n")
         return
     if args.headline:
-        best = best_by_validation(args.out, cells, args.headline)
-        print(table(args.out, cells, [BASELINE, *dict.fromkeys([TODAY, *best])]))
+        print(table(args.out, cells, headline))
         return
     only = args.only
     if args.confirm:

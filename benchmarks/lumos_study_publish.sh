@@ -3,9 +3,10 @@
 #   bash benchmarks/lumos_study_publish.sh saved/lumos-study                  # the ml-100k grid
 #   bash benchmarks/lumos_study_publish.sh saved/lumos-study-ml-1m ml-1m      # a confirmation (--confirm)
 # The grid: runs/<cell>/runs/*.json, ml-100k-grid.md (every cell), headline.md (FedSASRec, LUMOS's former defaults
-# and the three best cells by validation) and ml-100k-budgets.md (at 50/100/200 rounds; rounds and bytes to 90% and
-# 95% of FedSASRec). A confirmation: <dataset>/runs/..., <dataset>/table.md and <dataset>/budgets.md. The study's
-# README embeds the grid and each confirmation's tables between markers; the project README's copies are refreshed.
+# and the three best cells by validation), ml-100k-budgets.md (at 50/100/200 rounds; rounds and bytes to 90% and
+# 95% of FedSASRec) and headline-budgets.md (the same for headline.md's cells). A confirmation: <dataset>/runs/...,
+# <dataset>/table.md and <dataset>/budgets.md. The study's README embeds the grid and each confirmation's tables
+# between markers; the project README's copies are refreshed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOURCE=${1:?the study folder (--out of benchmarks/lumos_study.py)}
@@ -24,7 +25,8 @@ else
   python benchmarks/lumos_study.py --out "$DEST/runs" --table > "$DEST/ml-100k-grid.md"
   python benchmarks/lumos_study.py --out "$DEST/runs" --headline 3 > "$DEST/headline.md"
   python benchmarks/lumos_study.py --out "$DEST/runs" --budgets > "$DEST/ml-100k-budgets.md"
-  EMBED=("grid=$DEST/ml-100k-grid.md")
+  python benchmarks/lumos_study.py --out "$DEST/runs" --budgets --headline 3 > "$DEST/headline-budgets.md"
+  EMBED=("grid=$DEST/ml-100k-grid.md" "headline-budgets=$DEST/headline-budgets.md")
 fi
 # results/lumos-study/README.md shows each table between <!-- name --> and <!-- /name -->
 python - results/lumos-study/README.md "${EMBED[@]}" <<'PY'
