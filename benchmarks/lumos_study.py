@@ -182,7 +182,7 @@ def merge_budgets(out: Path, reruns: Path, cells: dict[str, list[str]]) -> None:
             except ValueError as error:
                 print(f"{cell} seed {seed}: not merged: {error}", flush=True)
                 continue
-            path.write_text(json.dumps(merged, indent=2) + "\n")
+            path.write_text(json.dumps(merged, indent=1) + "\n")  # as the runner writes it
             print(f"{cell} seed {seed}: at_budgets merged", flush=True)
 
 
