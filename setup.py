@@ -18,7 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["recbole_lumos", "recbole_lumos.*"]),
-    package_data={"recbole_lumos": ["properties/*.yaml", "properties/*/*.yaml"]},
+    package_data={"recbole_lumos": ["properties/*.yaml", "properties/*/*.yaml", "properties/*/*/*.yaml"]},
     py_modules=["run_recbole_lumos"],
     install_requires=[
         "torch>=2.6,<2.14",
@@ -33,6 +33,7 @@ setup(
         "peft>=0.17,<0.22",
         "accelerate>=1.0",
         "gguf>=0.10",
+        "sentence-transformers>=6.2,<7",  # loads the item encoder (all-MiniLM-L6-v2) with its own pooling
         "tqdm",
         "pyyaml",
         "opacus>=1.5,<1.7",  # its RDP accountant reports local DP's (epsilon, delta); torch stays as pinned above

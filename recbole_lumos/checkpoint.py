@@ -17,6 +17,7 @@ from recbole_lumos.compat import load_trusted
 from recbole_lumos.data.atomic_files import ensure_dataset
 from recbole_lumos.errors import CheckpointError
 from recbole_lumos.model.registry import resolve_model
+from recbole_lumos.recommender import build_recommender
 
 
 def load_data_and_model(path: str | Path, data_path: str | None = None) -> tuple[Any, ...]:
@@ -45,7 +46,7 @@ def load_data_and_model(path: str | Path, data_path: str | None = None) -> tuple
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     name = config["model_display_name"] if "model_display_name" in config else config["model"]
-    model = resolve_model(name).model_class(config, train_data._dataset).to(config["device"])
+    model = build_recommender(resolve_model(name).model_class, config, train_data._dataset).to(config["device"])
     model.load_state_dict(state)
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

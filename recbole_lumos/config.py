@@ -10,8 +10,12 @@ Precedence, lowest to highest (DESIGN.md §1), the same rule RecBole uses:
 4. ``properties/dataset/<dataset>.yaml``;
 5. ``properties/model/<Model>.yaml`` (for a shorthand such as ``FedSASRec``, the
    base model's file, then the shorthand's);
-6. ``--config_files`` in the order given;
-7. ``--key=value`` on the command line (or ``overrides`` in Python).
+6. ``properties/dataset/<dataset>/<Model>.yaml``, in the same order as step 5: a
+   model's defaults for one data set (LUMOS on a sparse Amazon category keeps other
+   settings than on MovieLens). RecBole has no such layer; without it a model file
+   always overrides the data set's file, so a default could not follow the data;
+7. ``--config_files`` in the order given;
+8. ``--key=value`` on the command line (or ``overrides`` in Python).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ def property_files(spec: ModelSpec, dataset: str, config_files: Sequence[str] = 
     files.append(str(PROPERTIES_DIR / "overall.yaml"))
     candidates = [PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"]
     candidates += [PROPERTIES_DIR / "model" / f"{name}.yaml" for name in spec.yaml_names]
+    candidates += [PROPERTIES_DIR / "dataset" / dataset / f"{name}.yaml" for name in spec.yaml_names]
     files += [str(path) for path in candidates if path.is_file()]
     for path in config_files:
         if not Path(path).is_file():
@@ -112,4 +117,5 @@ def build_config(
             config_dict=values,
         )
     config["model_display_name"] = spec.name
+    check_config(config)  # bad values fail here, before any data loads
     return config

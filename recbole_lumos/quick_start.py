@@ -31,6 +31,7 @@ from recbole_lumos.data.partition import release_prefix_samples
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.client_model import needs_views
 from recbole_lumos.model.registry import resolve_model
+from recbole_lumos.recommender import build_recommender
 
 
 @dataclass
@@ -226,7 +227,7 @@ def run_model(
     del data  # this run's copy: the splits hold what they need
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    recommender = spec.model_class(config, train_data._dataset).to(config["device"])
+    recommender = build_recommender(spec.model_class, config, train_data._dataset).to(config["device"])
     logger.info(recommender)
     federated = bool(config["federated"])
     train_mode = "all_positions" if federated else str(config["train_mode"])

@@ -61,6 +61,7 @@ from recbole_lumos.federated.client_round import PrivacySettings, train_cohort_r
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
 from recbole_lumos.federated.server_optimizer import apply_aggregate, build_server_optimizer
 from recbole_lumos.federated.update import ClientUpdate
+from recbole_lumos.recommender import build_recommender
 
 
 # ------------------------------------------------------------------ shared setup
@@ -95,7 +96,7 @@ def _experiment(model_name: str, dataset: str, config_files: tuple[str, ...], ov
     data = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"], config["reproducibility"])
-    model = config.model_class(config, train_data._dataset)
+    model = build_recommender(config.model_class, config, train_data._dataset)
     return config, model, train_data, valid_data, test_data
 
 

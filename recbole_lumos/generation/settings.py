@@ -64,6 +64,8 @@ class GeneratorSettings:
     lumos_llm_file: str | None = None
     lumos_llm_adapter: str | None = None
     lumos_item_encoder: str | None = None
+    """Item-text encoder: ``~`` or ``all-MiniLM-L6-v2`` (the embedded sentence encoder), ``lm`` (the language
+    model's mean-pooled hidden states) or any sentence-transformers folder or cached hub id."""
     lumos_item_pool: str = "all"
     lumos_far_fraction: float = 0.05
     lumos_embed_layers: int = 8

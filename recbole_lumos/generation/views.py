@@ -37,11 +37,13 @@ from recbole_lumos.errors import ConfigurationError, GenerationError, LumosError
 from recbole_lumos.generation import prompt as prompting
 from recbole_lumos.generation.cache import ViewsFile, cache_key
 from recbole_lumos.generation.embedding import (
+    SentenceEncoder,
     TextEncoder,
     embedding_identity,
     item_embeddings,
     lm_text_encoder,
     load_item_encoder,
+    uses_language_model,
 )
 from recbole_lumos.generation.grounding import STAGES, Grounding, TitleIndex, ground_embeddings, ground_text
 from recbole_lumos.generation.item_text import ItemTexts, dataset_item_texts
@@ -88,7 +90,7 @@ class _GeneratorSession:
     def __init__(self, settings: GeneratorSettings) -> None:
         self.settings = settings
         self._lm: tuple[torch.nn.Module, Any] | None = None
-        self._encoder: TextEncoder | None = None
+        self._encoder: TextEncoder | SentenceEncoder | None = None
         self.load_seconds = 0.0
 
     def language_model(self) -> tuple[torch.nn.Module, Any]:
@@ -99,14 +101,14 @@ class _GeneratorSession:
             logger.info("language model loaded in %.1f s", time.perf_counter() - start)
         return self._lm
 
-    def text_encoder(self) -> TextEncoder:
+    def text_encoder(self) -> TextEncoder | SentenceEncoder:
         if self._encoder is None:
-            if self.settings.lumos_item_encoder:
-                start = time.perf_counter()
-                self._encoder = load_item_encoder(str(self.settings.lumos_item_encoder), self.settings)
-                self.load_seconds += time.perf_counter() - start
-            else:
+            if uses_language_model(self.settings):
                 self._encoder = lm_text_encoder(*self.language_model(), self.settings)
+            else:
+                start = time.perf_counter()
+                self._encoder = load_item_encoder(self.settings)
+                self.load_seconds += time.perf_counter() - start
         return self._encoder
 
 

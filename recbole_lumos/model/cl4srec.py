@@ -24,6 +24,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 from torch import nn
 
 from recbole_lumos.model.augment import random_augment
+from recbole_lumos.model.item_text import item_table
 from recbole_lumos.model.losses import nt_xent
 from recbole_lumos.model.next_item import next_item_term
 
@@ -54,7 +55,7 @@ class CL4SRec(SASRec):
 
     def _item_weights(self) -> torch.Tensor:
         """Embeddings of real items only (the mask row is never a candidate)."""
-        return self.item_embedding.weight[: self.n_items]
+        return item_table(self)[: self.n_items]
 
     def augmented_views(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Two independent random augmentations of each sequence."""

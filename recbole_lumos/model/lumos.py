@@ -323,7 +323,14 @@ class LUMOS(SASRec):
                 "LUMOS trains in all_positions mode (its views are joined by user, not by prefix); "
                 "drop --train_mode=prefix, or pass --federated=False for central training."
             )
-        return super().calculate_loss(interaction)
+        if self.loss_type != "CE":
+            return super().calculate_loss(interaction)
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return self.loss_fct(seq_output @ candidate_weights(self).T, interaction[self.POS_ITEM_ID])
+
+    def full_sort_predict(self, interaction: Interaction) -> torch.Tensor:
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return seq_output @ candidate_weights(self).T
 
 
 def _view_names(value, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

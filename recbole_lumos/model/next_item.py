@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_lumos.model.item_text import item_table
+
 LOCAL_LOSSES = ("ce", "sampled_ce", "bce")
 
 
@@ -35,9 +37,9 @@ def all_position_hidden(model: nn.Module, item_seq: torch.Tensor) -> torch.Tenso
 
 
 def candidate_weights(model: nn.Module) -> torch.Tensor:
-    """Embeddings of the items a model may recommend (CL4SRec/LUMOS add a mask row)."""
-    weights = model.item_embedding.weight
-    return weights[: model.n_items]
+    """Embeddings of the items a model may recommend (CL4SRec adds a mask row; a text-aware
+    table adds each item's projected text)."""
+    return item_table(model)[: model.n_items]
 
 
 def sample_negatives(

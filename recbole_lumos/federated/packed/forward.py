@@ -29,6 +29,7 @@ from torch import nn
 
 from recbole_lumos.federated import packed
 from recbole_lumos.federated.packed.per_client import _Linear, _Norm, _Segments
+from recbole_lumos.model.item_text import PROJECTION, TextAwareItemEmbedding, is_text_aware
 
 TABLE = "item_embedding.weight"
 POSITIONS = "position_embedding.weight"
@@ -76,12 +77,15 @@ def supports(model: nn.Module) -> bool:
         return False
     parts = {"item_embedding": nn.Embedding, "position_embedding": nn.Embedding, "LayerNorm": nn.LayerNorm}
     parts |= {"dropout": nn.Dropout, "trm_encoder": TransformerEncoder}
+    if is_text_aware(model):  # the item table may carry item texts (model/item_text.py)
+        parts["item_embedding"] = TextAwareItemEmbedding
     if any(type(getattr(model, name, None)) is not cls for name, cls in parts.items()):
         return False
     table = model.item_embedding
     if table.max_norm is not None or table.scale_grad_by_freq or table.weight.size(0) < model.n_items:
         return False
     expected = {TABLE, POSITIONS, "LayerNorm.weight", "LayerNorm.bias"}
+    expected |= {PROJECTION} if is_text_aware(model) else set()
     for index, layer in enumerate(model.trm_encoder.layer):
         if type(layer) is not TransformerLayer or type(layer.multi_head_attention) is not MultiHeadAttention:
             return False

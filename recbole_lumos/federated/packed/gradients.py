@@ -33,6 +33,7 @@ from recbole_lumos.federated import packed
 from recbole_lumos.federated.packed.forward import POSITIONS, TABLE, _fused_name, _hidden, _layer_names, _plan, _weights
 from recbole_lumos.federated.packed.losses import full_softmax_gradient, position_losses
 from recbole_lumos.federated.packed.per_client import _Accumulator, _Segments
+from recbole_lumos.model.item_text import PROJECTION, is_text_aware, projection_gradient
 from recbole_lumos.model.next_item import LOCAL_LOSSES
 
 
@@ -178,6 +179,10 @@ def cohort_gradients(
     """
     if kind not in LOCAL_LOSSES:
         raise ValueError(f"local_loss must be one of {LOCAL_LOSSES}, got {kind!r}")
+    text = model.item_embedding.text_table if is_text_aware(model) else None
+    if text is not None:  # the pass runs on the fused table; P's gradient follows from its rows' (below)
+        with torch.no_grad():
+            params = {**params, TABLE: params[TABLE] + text @ params[PROJECTION].T}
     if kind == "sampled_ce" and (negatives is None or negatives.dim() != 1):
         raise ValueError("sampled_ce needs a shared 1-d tensor of negative item ids")
     if kind == "bce" and (negatives is None or negatives.shape != targets.shape):
@@ -258,7 +263,25 @@ def cohort_gradients(
             sparse[name] = (owner.new_zeros(0), value.new_zeros(0, *value.shape[1:]), [0] * num_clients)
         elif name not in sparse_tables and name not in dense:
             dense[name] = value.new_zeros(num_clients, *value.shape)
+    if text is not None:
+        dense[PROJECTION] = _projection_gradients(dense, sparse, text, num_clients)
     return CohortGradients(dense=dense, sparse=sparse)
+
+
+def _projection_gradients(dense, sparse, text, num_clients):
+    """Each client's gradient of the text projection ``P`` (``[C, d, t]``): the fused table is
+    ``E = ID + T P^T``, so ``grad P = grad E^T T`` over the rows the client's loss reached."""
+    if TABLE in dense:
+        return projection_gradient(dense[TABLE], text)
+    rows, grads, counts = sparse[TABLE]
+    out = grads.new_zeros(num_clients, grads.size(1), text.size(1))
+    start = 0
+    for client, count in enumerate(counts):
+        if count:
+            part = slice(start, start + count)
+            out[client] = projection_gradient(grads[part], text[rows[part]])
+        start += count
+    return out
 
 
 def _sparse_rows(keys, values, rows, num_clients):
