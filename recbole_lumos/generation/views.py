@@ -84,6 +84,14 @@ def resolve_mode(setting: str, device: str | None = None) -> tuple[str, str]:
     )
 
 
+def random_item_space(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Random unit item vectors of ``shape`` (``LUMOS-randViews``): the same view layout, counts and
+    draws as the text space, without its semantics."""
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    vectors = rng.standard_normal(shape).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+
+
 class _GeneratorSession:
     """Loads the language model (and item encoder) on first use only, and times it."""
 
@@ -247,6 +255,8 @@ class _Generation:
         cache_dir = Path(self.settings.lumos_cache_dir)
         embeddings, timing = item_embeddings(self.settings, texts.texts, cache_dir, self.session.text_encoder)
         self.timings["embedding_seconds"] = timing["embedding_seconds"]
+        if self.settings.lumos_view_space == "random":
+            embeddings = random_item_space(embeddings.shape, self.settings.views_seed)
         pool = np.zeros(num_items, dtype=bool)
         if self.settings.lumos_item_pool == "train":
             for (

@@ -43,16 +43,20 @@ SHORTHANDS: dict[str, str] = {
     "LUMOS-noR": "LUMOS",
     "LUMOS-noC": "LUMOS",
     "LUMOS-randC": "LUMOS",
+    "LUMOS-randViews": "LUMOS",
     "LUMOS-central": "LUMOS",
 }
 """Shorthand name -> base model name; the shorthand's YAML holds what differs (the LUMOS
 ablations of DESIGN.md §3 are shorthands too)."""
 
-ABLATIONS: dict[str, list[str]] = {"views": ["LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-randC", "LUMOS-central"]}
+ABLATIONS: dict[str, list[str]] = {
+    "views": ["LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-randC", "LUMOS-randViews", "LUMOS-central"]
+}
 """``--ablate=NAME`` expands ``LUMOS`` into these runs. ``LUMOS-noC`` is not among them: federated
 (LUMOS's default) it is FedSASRec by construction unless ``lumos_aug_weight > 0``, so its row
 would repeat the baseline; ``LUMOS-randC`` (random counterfactual items) isolates the generator's
-counterfactuals instead."""
+counterfactuals instead, and ``LUMOS-randViews`` (every view from random item embeddings) what the
+item texts add through the views."""
 
 
 def _recbole_model_names() -> list[str]:

@@ -107,6 +107,7 @@ def prepare(dataset: str, data_path: Path, **overrides: Any) -> tuple[Any, Any, 
         "lumos_gen_batch_size": 8,
         "lumos_embed_batch_size": 16,
         "lumos_cache_dir": str(data_path.parent / "views"),
+        "lumos_item_encoder": "lm",  # the tiny model embeds items unless a test asks for a sentence encoder
         **overrides,
     }
     config = build_config("LUMOS", dataset, overrides=values)
