@@ -40,6 +40,16 @@ LUMOS_CELLS = {
     "nc1-aug0-l0.1": [],  # LUMOS's defaults before this study
     "nc4-aug0.1-l0.03": ["--lumos_num_counterfactuals=4", "--lumos_aug_weight=0.1", "--lambda_cl=0.03"],
     "nc16-aug0-l0.03": ["--lumos_num_counterfactuals=16", "--lambda_cl=0.03"],
+    # Where the first seeds pointed (ml-100k, 2020: the views as next-item data under fusion): more of it, and
+    # F's inferred continuations as next-item targets too.
+    "nc4-aug0.3-l0.03": ["--lumos_num_counterfactuals=4", "--lumos_aug_weight=0.3", "--lambda_cl=0.03"],
+    "nc4-aug0.1FRt-l0.03": [
+        "--lumos_num_counterfactuals=4",
+        "--lumos_aug_weight=0.1",
+        "--lumos_aug_views=[F,R]",
+        "--lumos_aug_f_targets=True",
+        "--lambda_cl=0.03",
+    ],
 }
 ENCODERS = {"lm": ["--lumos_item_encoder=lm"], "minilm": ["--lumos_item_encoder=all-MiniLM-L6-v2"]}
 ITEM_TEXT = ("none", "init", "fusion")

@@ -14,7 +14,10 @@ every model then runs in every combination, each stored as a row named like
 draws ER@10 against ``attack_ratio``. Under a matrix with an attack, every cell (the
 ``none`` ones included) measures the exposure of the same targets.
 Errors caused by the input are printed as one paragraph, without a traceback, and
-the process exits with status 2.
+the process exits with status 2. The whole config is checked before any data loads
+(:mod:`recbole_lumos.config_check`); a key that nothing reads is warned about, with
+the key probably meant, or refused with ``--strict``. ``--verbose`` shows the config
+dump and the model on the console too (they are always in the run's log file).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from recbole_lumos.config import build_config, parse_overrides, parse_value
+from recbole_lumos.config_check import config_file_keys, describe_unknown, parse_boolean, unknown_keys
 from recbole_lumos.errors import ConfigurationError, LumosError, exit_status
 from recbole_lumos.model.registry import ABLATIONS, resolve_model
 from recbole_lumos.quick_start import DatasetCache, RunResult, run_model
@@ -47,6 +51,10 @@ class CommandLine:
     results_dir: str | None = None
     matrix: dict[str, list[Any]] = field(default_factory=dict)
     """Matrix keys given several values (``--attack=none,bandwagon``): key -> values, in :data:`MATRIX_KEYS` order."""
+    strict: bool = False
+    """``--strict``: an unknown config key is an error, not a warning."""
+    verbose: bool = False
+    """``--verbose``: the config dump and the model printout also go to the console."""
 
     @property
     def is_comparison(self) -> bool:
@@ -171,9 +179,11 @@ def parse_command_line(argv: Sequence[str]) -> CommandLine:
         config_files=[str(f) for f in files],
         overrides=overrides,
         seeds=None if seeds is None else _seeds(seeds, int(overrides.get("seed", 2020))),
-        rerun=bool(overrides.pop("rerun", False)),
+        rerun=parse_boolean("rerun", overrides.pop("rerun", False)),
         results_dir=overrides.pop("results_dir", None),
         matrix=matrix,
+        strict=parse_boolean("strict", overrides.pop("strict", False)),
+        verbose=parse_boolean("verbose", overrides.pop("verbose", False)),
     )
 
 
@@ -191,14 +201,41 @@ def comparison_folder(command: CommandLine) -> Path:
     return root / "comparisons" / f"{command.dataset}-{digest}"
 
 
+def check_keys(command: CommandLine) -> None:
+    """Warn (``--strict``: fail) about keys on the command line or in ``--config_files`` that nothing reads."""
+    sources = {"the command line": [*command.overrides, *command.matrix]}
+    sources.update({f"--config_files {path}": keys for path, keys in config_file_keys(command.config_files).items()})
+    for source, keys in sources.items():
+        unknown = unknown_keys(keys)
+        if not unknown:
+            continue
+        message = describe_unknown(unknown, source)
+        if command.strict:
+            raise ConfigurationError(message.replace(", or pass --strict to make this an error", ""))
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def check_command(command: CommandLine) -> None:
+    """Everything that can be checked before data loads: model names, keys, every model's and cell's config."""
+    for name in command.models:
+        resolve_model(name)  # fail on a typo before anything trains
+    check_keys(command)
+    _check_matrix(command)
+    for name in command.models:
+        for cell in command.cells():
+            build_config(name, command.dataset, command.config_files, {**command.overrides, **cell})
+
+
 def run(argv: Sequence[str]) -> list[RunResult]:
     """Run the command line: one model, or a comparison (several models and/or seeds)."""
     command = parse_command_line(argv)
-    for name in command.models:
-        resolve_model(name)  # fail on a typo before anything trains
-    _check_matrix(command)
+    check_command(command)
     if not command.is_comparison:
-        return [run_model(command.models[0], command.dataset, command.config_files, command.overrides)]
+        return [
+            run_model(
+                command.models[0], command.dataset, command.config_files, command.overrides, verbose=command.verbose
+            )
+        ]
     return run_comparison(command)
 
 
@@ -228,7 +265,12 @@ def run_comparison(command: CommandLine) -> list[RunResult]:
                 continue
             try:
                 result = run_model(
-                    name, command.dataset, command.config_files, {**overrides, **cell, "seed": seed}, datasets=datasets
+                    name,
+                    command.dataset,
+                    command.config_files,
+                    {**overrides, **cell, "seed": seed},
+                    datasets=datasets,
+                    verbose=command.verbose,
                 )
             except LumosError:
                 raise

@@ -29,11 +29,33 @@ import of :mod:`recbole_lumos`, and undone by nothing else.
 5. **Plugin models are not found by name.** ``recbole.utils.get_model`` searches
    only RecBole's packages. We do not patch it: :mod:`recbole_lumos.model.registry`
    resolves names and we always pass classes (``Config(model=Class)``).
+6. **Runs started together race on ``./log``.** ``recbole.utils.ensure_dir`` checks
+   whether a folder exists, then creates it: of four runs started at once in one
+   folder, one died with ``FileExistsError: './log'``. Every module of RecBole that
+   imported it (logger, trainer, data utils, dataset) gets :func:`ensure_dir`, which
+   creates the folder with ``exist_ok=True``.
+7. **``data_path`` is ignored for ml-100k.** ``Config._set_default_parameters``
+   always points ``ml-100k`` at the copy bundled in the recbole wheel
+   (``recbole/dataset_example/ml-100k``), whatever ``data_path`` says, so a user's
+   own (or modified) ml-100k was never read. :func:`_honour_data_path` restores
+   RecBole's rule for every other data set, ``<data_path>/<dataset>``, when
+   ``data_path`` is not the default ``dataset/`` or that folder holds the data set;
+   a fresh clone without data keeps running on the bundled copy.
+8. **RecBole's tensorboard folder.** RecBole's trainer writes its events to
+   ``./log_tensorboard/<log file stem>``, a second log folder. :func:`_run_tensorboard`
+   puts them in the run's own log folder (:mod:`recbole_lumos.run_log`), beside the
+   text log.
+9. **Warnings a user cannot act on.** RecBole's pandas ``FutureWarning`` messages (chained
+   ``fillna(inplace=True)``), Lightning's ``LeafSpec`` deprecation, its guess of the
+   batch size of our cohort batches and its tips about workers and samplers are
+   filtered here, once, by message and module
+   (:func:`filter_third_party_warnings`); every other warning still shows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import types
 import warnings
@@ -149,6 +171,96 @@ def _undo_global_anomaly_detection() -> None:
     torch.autograd.set_detect_anomaly(False)
 
 
+def ensure_dir(dir_path: str) -> None:
+    """RecBole's ``ensure_dir`` without its check-then-create race (item 6)."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def _patch_ensure_dir() -> None:
+    import recbole.data.dataset.dataset
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    for module in (
+        recbole.utils,
+        recbole.utils.utils,
+        recbole.utils.logger,
+        recbole.trainer.trainer,
+        recbole.data.utils,
+        recbole.data.dataset.dataset,
+    ):
+        module.ensure_dir = ensure_dir
+
+
+DEFAULT_DATA_PATH = "dataset"
+"""RecBole's (and ``properties/overall.yaml``'s) ``data_path``, normalised."""
+
+
+def _honour_data_path() -> None:
+    """Point ml-100k at ``<data_path>/ml-100k`` like every other data set (item 7)."""
+    from recbole.config import Config
+
+    original = Config._set_default_parameters
+    if getattr(original, "_lumos_patched", False):
+        return
+
+    def _set_default_parameters(self: Any) -> None:
+        given = self.final_config_dict.get("data_path")
+        original(self)
+        if self.dataset != "ml-100k" or given is None:
+            return
+        folder = os.path.join(str(given), self.dataset)
+        if os.path.normpath(str(given)) != DEFAULT_DATA_PATH or os.path.isdir(folder):
+            self.final_config_dict["data_path"] = folder
+
+    _set_default_parameters._lumos_patched = True  # type: ignore[attr-defined]
+    Config._set_default_parameters = _set_default_parameters
+
+
+def _run_tensorboard(logger: Any) -> Any:
+    """RecBole's ``get_tensorboard``, writing to ``<run log folder>/tensorboard`` (item 8)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from recbole_lumos.run_log import run_log_dir
+
+    folder = run_log_dir()
+    if folder is None:
+        import recbole.utils.utils
+
+        return recbole.utils.utils.get_tensorboard(logger)
+    return SummaryWriter(str(folder / "tensorboard"))
+
+
+def _patch_tensorboard() -> None:
+    import recbole.trainer.trainer as recbole_trainer
+
+    recbole_trainer.get_tensorboard = _run_tensorboard
+
+
+THIRD_PARTY_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    # (message regex, category, module regex): item 9
+    (r"A value is trying to be set on a copy of a DataFrame", FutureWarning, r"recbole\."),
+    (r".*LeafSpec.* is deprecated", Warning, r"(pytorch_)?lightning"),
+    (r"Trying to infer the `batch_size`", Warning, r"(pytorch_)?lightning"),
+    (r".*does not have many workers", Warning, r"(pytorch_)?lightning"),
+    (r".*(sampler|batch_sampler).*", Warning, r"(pytorch_)?lightning"),
+)
+"""Warnings filtered once, on import: (message regex, category, module regex)."""
+
+
+def filter_third_party_warnings() -> None:
+    """Hide the warnings of :data:`THIRD_PARTY_WARNINGS`, and only those (item 9)."""
+    for message, category, module in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
 restore_numpy_aliases()
 _patch_trainer_torch_load()
 _undo_global_anomaly_detection()
+_patch_ensure_dir()
+_honour_data_path()
+_patch_tensorboard()
+filter_third_party_warnings()

@@ -1,6 +1,6 @@
 """Property files and their precedence, and building RecBole ``Config`` objects.
 
-Precedence, lowest to highest (DESIGN.md §1), the same rule RecBole uses:
+Precedence, lowest to highest (docs/design.md §1), the same rule RecBole uses:
 
 1. RecBole's internal defaults (``recbole/properties``; for a RecBole model also its
    own ``<Model>.yaml``);
@@ -29,6 +29,7 @@ import recbole
 from recbole.config import Config
 
 from recbole_lumos.compat import isolated_argv
+from recbole_lumos.config_check import check_config
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.model.registry import ModelSpec, resolve_model
 
@@ -106,6 +107,8 @@ def build_config(
     ``model`` is a name (ours, a shorthand, or any RecBole model) or a resolved
     :class:`ModelSpec`. A shorthand's settings (``federated: True`` for
     ``FedSASRec``) live in its property file, so the command line still wins.
+    The whole config is checked (:func:`~recbole_lumos.config_check.check_config`):
+    a bad value raises :class:`ConfigurationError` before anything is loaded.
     """
     spec = resolve_model(model) if isinstance(model, str) else model
     values = dict(overrides or {})
@@ -117,4 +120,5 @@ def build_config(
             config_dict=values,
         )
     config["model_display_name"] = spec.name
+    check_config(config)  # bad values fail here, before any data loads
     return config

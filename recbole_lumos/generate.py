@@ -11,7 +11,6 @@ as one paragraph without a traceback (exit status 2), like the main command line
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -58,8 +57,11 @@ def run(argv: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return exit_status(run, sys.argv[1:] if argv is None else argv)
+    from recbole_lumos.run_log import init_console_logger
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    init_console_logger(verbose=any(a in ("--verbose", "--verbose=True") for a in args))
+    return exit_status(run, args)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,16 @@ from typing import Any
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.data.dataset import Dataset
-from recbole.utils import get_local_time, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import get_local_time, get_trainer, init_seed, set_color
 
 from recbole_lumos.config import build_config
-from recbole_lumos.data.atomic_files import ensure_dataset
+from recbole_lumos.data.atomic_files import data_fingerprint, ensure_dataset
 from recbole_lumos.data.partition import release_prefix_samples
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.federated.client_model import needs_views
 from recbole_lumos.model.registry import resolve_model
 from recbole_lumos.recommender import build_recommender
+from recbole_lumos.run_log import FILE_ONLY, init_run_logger
 
 
 @dataclass
@@ -79,6 +80,11 @@ class RunResult:
     attack: dict[str, Any] | None = None
     """Runs under attack or with target items: the attack, its malicious clients and the targets
     (``er@K`` is in ``test_result``)."""
+    data: dict[str, Any] | None = None
+    """The folder the data was read from and each atomic file's size and SHA-256
+    (:func:`~recbole_lumos.data.atomic_files.data_fingerprint`)."""
+    log_dir: str | None = None
+    """The run's log folder (``run.log``, ``tensorboard/``; :mod:`recbole_lumos.run_log`)."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
@@ -209,8 +215,12 @@ def run_model(
     *,
     saved: bool = True,
     datasets: DatasetCache | None = None,
+    verbose: bool = False,
 ) -> RunResult:
-    """Train ``model`` on ``dataset`` and evaluate it on the test split."""
+    """Train ``model`` on ``dataset`` and evaluate it on the test split.
+
+    The console shows what happens; the config dump, the dataset summary and the model
+    go to the run's log file only (``verbose``: to the console too)."""
     spec = resolve_model(model)
     config = build_config(spec, dataset, config_files, overrides)
     ensure_dataset(config)
@@ -218,17 +228,27 @@ def run_model(
 
     clock = RunClock()
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    log_dir = init_run_logger(config, verbose=verbose)
     logger = getLogger()
-    logger.info(config)
+    logger.info(config, extra=FILE_ONLY)
+    fingerprint = data_fingerprint(config)
     data = (datasets or DatasetCache()).get(config)
-    logger.info(data)
+    logger.info(data, extra=FILE_ONLY)
+    logger.info(
+        "%s: %d users, %d items, %d interactions from %s; log: %s",
+        dataset,
+        data.user_num - 1,
+        data.item_num - 1,
+        data.inter_num,
+        fingerprint["path"],
+        log_dir,
+    )
     train_data, valid_data, test_data = data_preparation(config, data)
     del data  # this run's copy: the splits hold what they need
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = build_recommender(spec.model_class, config, train_data._dataset).to(config["device"])
-    logger.info(recommender)
+    logger.info(recommender, extra=FILE_ONLY)
     federated = bool(config["federated"])
     train_mode = "all_positions" if federated else str(config["train_mode"])
     if train_mode not in ("prefix", "all_positions"):
@@ -298,6 +318,8 @@ def run_model(
         cpu_time_s=cpu_s,
         time_complete=clock.complete,
         config={key: config[key] for key in _REPORTED_KEYS if key in config},
+        data=fingerprint,
+        log_dir=str(log_dir),
         **extra,
     )
     if saved:

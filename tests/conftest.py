@@ -50,8 +50,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("device", [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES])
 
 
+LONG_TEST_FILES = (
+    "federated/test_engine.py",
+    "federated/test_flower.py",
+    "generation/test_lumos_training.py",
+    "generation/test_tri_view_activity.py",
+    "report/test_comparison.py",
+    "report/test_user_groups.py",
+    "test_checkpoint_reload.py",
+    "test_cli.py",
+    "test_quick_start.py",
+)
+"""Files whose tests train end to end (Lightning, RecBole's trainer, Flower): each test is marked ``long``.
+A single test elsewhere is marked with ``@pytest.mark.long``."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect (not skip) the CUDA cases on a machine without CUDA: the summary counts them."""
+    """Mark the tests of :data:`LONG_TEST_FILES` ``long``; deselect (not skip) the CUDA cases on a machine
+    without CUDA: the summary counts them."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if path.is_relative_to(tests) and path.relative_to(tests).as_posix() in LONG_TEST_FILES:
+            item.add_marker(pytest.mark.long)
     import torch
 
     if torch.cuda.is_available():

@@ -168,3 +168,60 @@ def test_every_removed_name_recbole_and_ray_use_is_restored() -> None:
     assert {"float", "int", "bool", "long", "float_", "bool8"} <= removed
     uncovered = removed - set(NUMPY_ALIASES) - set(NOT_ALIASES)
     assert not uncovered, f"RecBole/ray use {sorted(uncovered)}, which compat does not restore"
+
+
+def test_a_folder_created_by_a_parallel_run_is_no_error(tmp_path: Path) -> None:
+    """RecBole's ensure_dir checked, then created: a run that lost the race died with FileExistsError."""
+    import threading
+
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    from recbole_lumos.compat import ensure_dir
+
+    assert recbole.utils.logger.ensure_dir is ensure_dir and recbole.utils.utils.ensure_dir is ensure_dir
+    folder = tmp_path / "log"
+    real_exists = __import__("os").path.exists
+    # the race made certain: every caller sees "missing", then all create
+    threads = [threading.Thread(target=ensure_dir, args=(str(folder),)) for _ in range(4)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("os.path.exists", lambda path: False if str(path) == str(folder) else real_exists(path))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert folder.is_dir()
+    ensure_dir(str(folder))  # exists already: nothing happens
+
+
+def test_ml_100k_is_read_from_data_path(tmp_path: Path) -> None:
+    config = build_config("SASRec", "ml-100k", overrides={"data_path": str(tmp_path)})
+    assert config["data_path"] == str(tmp_path / "ml-100k")
+    # the default data_path without a dataset/ml-100k folder keeps RecBole's bundled copy (a fresh clone runs)
+    assert Path(build_config("SASRec", "ml-100k")["data_path"]).resolve().parts[-2:] == ("dataset_example", "ml-100k")
+    (tmp_path / "dataset" / "ml-100k").mkdir(parents=True)
+    assert build_config("SASRec", "ml-100k")["data_path"] == str(Path("dataset") / "ml-100k")  # cwd is tmp_path
+
+
+@pytest.mark.long
+def test_a_modified_ml_100k_under_data_path_is_the_one_trained_on(tmp_path: Path) -> None:
+    """Keep the first 100 users of ml-100k in a copy: the run trains 100 clients and records that copy."""
+    from conftest import TINY_ENGINE
+
+    from recbole_lumos.quick_start import run_model
+
+    folder = tmp_path / "data" / "ml-100k"
+    folder.mkdir(parents=True)
+    lines = (SHARED_DATA / "ml-100k" / "ml-100k.inter").read_text().splitlines()
+    kept = [line for line in lines[1:] if int(line.split("\t")[0]) <= 100]
+    (folder / "ml-100k.inter").write_text("\n".join([lines[0], *kept]) + "\n")
+    overrides = {**TINY_ENGINE, "data_path": str(tmp_path / "data"), "epochs": 1, "client_batch": 8}
+    overrides |= {"num_negatives": 8, "federated_eval_step": 1, "checkpoint_dir": str(tmp_path / "saved")}
+    result = run_model("FedSASRec", "ml-100k", overrides=overrides)
+    assert result.num_clients == 100
+    assert result.data["path"] == str(folder.resolve())
+    inter = result.data["files"]["ml-100k.inter"]
+    assert inter["bytes"] == (folder / "ml-100k.inter").stat().st_size
+    import hashlib
+
+    assert inter["sha256"] == hashlib.sha256((folder / "ml-100k.inter").read_bytes()).hexdigest()

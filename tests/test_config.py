@@ -41,3 +41,34 @@ def test_plugin_model_starts_from_its_recbole_base_yaml():
 def test_missing_config_file_is_a_clear_error():
     with pytest.raises(ConfigurationError, match="does not exist"):
         build_config("SASRec", "ml-100k", ["nope.yaml"])
+
+
+def test_a_per_dataset_model_file_is_read_after_the_model_files(tmp_path: Path, monkeypatch):
+    """``properties/dataset/<dataset>/<Model>.yaml`` beats ``properties/model/<Model>.yaml`` (and a
+    shorthand's file), and loses to --config_files and the command line."""
+    import shutil
+
+    import recbole_lumos.config as config_module
+
+    root = tmp_path / "properties"
+    shutil.copytree(config_module.PROPERTIES_DIR, root)
+    (root / "dataset" / "ml-100k").mkdir(exist_ok=True)
+    (root / "dataset" / "ml-100k" / "LUMOS.yaml").write_text("lambda_cl: 0.07\nk_f: 2\nrho_r: 0.4\n")
+    (root / "dataset" / "ml-100k" / "LUMOS-randViews.yaml").write_text("rho_r: 0.2\n")
+    monkeypatch.setattr(config_module, "PROPERTIES_DIR", root)
+    files = property_files(resolve_model("LUMOS-randViews"), "ml-100k")
+    order = [str(Path(f).relative_to(root)) for f in files if f.startswith(str(root))]
+    assert order == [
+        "overall.yaml",
+        "dataset/ml-100k.yaml",
+        "model/LUMOS.yaml",
+        "model/LUMOS-randViews.yaml",
+        "dataset/ml-100k/LUMOS.yaml",
+        "dataset/ml-100k/LUMOS-randViews.yaml",
+    ]
+    config = build_config("LUMOS-randViews", "ml-100k", overrides={"k_f": 1})
+    assert config["lambda_cl"] == 0.07  # the data set's LUMOS file beats LUMOS.yaml (0.1)
+    assert config["rho_r"] == 0.2  # the data set's shorthand file beats its LUMOS file
+    assert config["k_f"] == 1  # the command line beats them all
+    assert config["lumos_view_space"] == "random"  # LUMOS-randViews.yaml still applies
+    assert build_config("LUMOS", "ml-1m")["lambda_cl"] == 0.1  # another data set: the model file

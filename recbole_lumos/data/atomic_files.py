@@ -1,14 +1,21 @@
 """Checks on a dataset's atomic files before RecBole reads them.
 
-RecBole reports a missing dataset by trying its (dead) download mirror, and a bad
-header or a missing column with a ``KeyError`` deep in pandas. These checks run
-first and say what is wrong and how to fix it.
+RecBole reports a missing dataset by trying its (dead) download mirror, a bad
+header or a missing column with a ``KeyError`` deep in pandas, and a value that is
+not a number in a ``float`` column (a timestamp) with a pandas traceback naming
+neither file nor line. These checks run first and say what is wrong, where (file,
+line, column) and how to fix it. :func:`data_fingerprint` records which files a run
+read (path, size, SHA-256) for its result JSON.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 from recbole.config import Config
 
 from recbole_lumos.data.sources import prepare_dataset
@@ -48,7 +55,80 @@ def ensure_dataset(config: Config) -> Path:
     if not (folder / f"{name}.inter").is_file():
         prepare_dataset(name, folder.parent)
     check_columns(config, folder)
+    check_values(config, folder)
     return folder
+
+
+def _loaded_files(config: Config, folder: Path) -> list[tuple[Path, str, list[str] | None]]:
+    """``(path, suffix, columns RecBole loads or None for all)`` of the atomic files RecBole will read."""
+    name = config["dataset"]
+    load_col = config["load_col"]
+    files = []
+    for suffix in ("inter", "user", "item"):
+        path = folder / f"{name}.{suffix}"
+        if not path.is_file():
+            continue
+        if load_col is None:
+            files.append((path, suffix, None))
+        elif suffix in load_col:
+            files.append((path, suffix, list(load_col[suffix])))
+    return files
+
+
+def check_values(config: Config, folder: Path) -> None:
+    """Every value of a ``float`` column RecBole loads is a number (or empty, which RecBole fills).
+
+    A bad value raises an :class:`AtomicFileError` naming the file, the line (1-based, the
+    header is line 1), the column and the value.
+    """
+    separator = config["field_separator"] or "\t"
+    encoding = config["encoding"] or "utf-8"
+    for path, _, columns in _loaded_files(config, folder):
+        header = read_header(path, separator)
+        names = list(header)
+        floats = [c for c, kind in header.items() if kind == "float" and (columns is None or c in columns)]
+        if not floats:
+            continue
+        table = pd.read_csv(
+            path,
+            sep=separator,
+            usecols=[f"{c}:float" for c in floats],
+            dtype=str,
+            encoding=encoding,
+            keep_default_na=False,
+            quoting=csv.QUOTE_NONE,
+            engine="c",
+        )
+        for column in floats:
+            text = table[f"{column}:float"].str.strip()
+            numbers = pd.to_numeric(text, errors="coerce")
+            bad = numbers.isna() & (text != "")
+            if bad.any():
+                rows = bad.to_numpy().nonzero()[0]
+                first = int(rows[0])
+                more = f" ({len(rows) - 1} more lines have the same problem)" if len(rows) > 1 else ""
+                raise AtomicFileError(
+                    f"{path}, line {first + 2}, column {names.index(column) + 1} ({column}:float): "
+                    f"{table[f'{column}:float'].iloc[first]!r} is not a number{more}. A float column holds "
+                    f"numbers only (a timestamp is a Unix time in seconds, e.g. 881250949). Fix or delete that "
+                    f"line, or declare the column {column}:token if it is not numeric, and run again."
+                )
+
+
+def data_fingerprint(config: Config) -> dict[str, Any]:
+    """The folder a run reads and, for each of its atomic files, the size and SHA-256:
+    ``{"path": ..., "files": {"ml-100k.inter": {"bytes": ..., "sha256": ...}, ...}}``."""
+    folder = Path(config["data_path"]).resolve()
+    files = {}
+    for path in sorted(folder.glob(f"{config['dataset']}.*")):
+        if not path.is_file():
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": str(folder), "files": files}
 
 
 def check_columns(config: Config, folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""Adversarial clients (DESIGN.md §4): fake users that poison data, malicious clients that poison updates.
+"""Adversarial clients (docs/design.md §4): fake users that poison data, malicious clients that poison updates.
 
 Threat model. The attacker controls extra devices: ``round(attack_ratio * B)`` new
 clients (at least one), ``B`` the number of benign clients. They get fresh client ids

@@ -152,6 +152,11 @@ class RunFolderCheckpoint(ModelCheckpoint):
     re-based onto the current folder instead, and the scores are kept.
     """
 
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: Any) -> None:
+        """No "checkpoint directory exists and is not empty" warning: the run folder holds the run's
+        own logs from the start (it fired on every first run), and a rerun resumes from its
+        checkpoints on purpose (:func:`~recbole_lumos.federated.runner.run_lightning`)."""
+
     @property
     def state_key(self) -> str:
         # ModelCheckpoint's own key, so checkpoints written by a plain ModelCheckpoint restore here

@@ -43,6 +43,7 @@ from recbole_lumos.federated.module import SequentialRecModule
 from recbole_lumos.federated.population import Population, build_population
 from recbole_lumos.report.budgets import best_validation
 from recbole_lumos.report.exposure import ExposureMeter
+from recbole_lumos.run_log import run_log_dir
 
 # Keys that do not change what is trained (so they do not change the run folder).
 _VOLATILE = {
@@ -62,6 +63,8 @@ _VOLATILE = {
     "stopping_step",
     "ldp_delta",  # reporting only
     "round_budgets",  # reporting only
+    "verbose",  # console only
+    "strict",  # checks only
 }
 
 _ADDED_UNSET = {"lumos_views_seed", "target_items", "attack_length"}
@@ -117,6 +120,11 @@ def clients_per_round(config: Any, num_clients: int) -> int:
     if count > num_clients:
         logging.getLogger().info("clients_per_round=%d > %d clients: every client takes part", count, num_clients)
     return min(count, num_clients)
+
+
+def eval_step_key(config: Any, federated: bool) -> str:
+    """The key that set the rounds (epochs) between validations: the one to name in a message."""
+    return "federated_eval_step" if federated and config["federated_eval_step"] else "eval_step"
 
 
 def validation_schedule(config: Any, federated: bool) -> tuple[int, int]:
@@ -262,12 +270,15 @@ def run_lightning(
         check_resumable(Path(resume), int(config["epochs"]))
         logger.info("resuming from %s", resume)
         keep_earlier_metrics(folder / "logs")
+    # The CSV metrics are the run's state (a resumed run reads its validation curve from them);
+    # TensorBoard's events are a log, in the run's log folder (recbole_lumos.run_log).
     loggers: list[Any] = [CSVLogger(str(folder), name="logs", version="")]
     try:
         import tensorboard  # noqa: F401
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(str(folder), name="tensorboard", version=""))
+        log_dir = run_log_dir() or folder
+        loggers.append(TensorBoardLogger(str(log_dir), name="tensorboard", version=""))
     except ImportError:
         pass
     trainer = pl.Trainer(
@@ -291,10 +302,16 @@ def run_lightning(
         warnings.filterwarnings("ignore", message=".*(sampler|batch_sampler).*")
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=valid_data, ckpt_path=resume)
         curve = validation_curve(folder / "logs")
-        budget_cut = ended_by_budget(trainer, early_stopping, curve, metric, federated)
+        step_key = eval_step_key(config, federated)
+        budget_cut = ended_by_budget(trainer, early_stopping, curve, metric, federated, step_key)
         best_path = checkpoints.best_model_path
         if not best_path:  # fewer epochs/rounds than eval_step: no validation ran
-            logger.info("no validation during training (epochs < eval_step): evaluating the final model")
+            if not budget_cut:  # ended_by_budget said so already
+                unit = "rounds" if federated else "epochs"
+                logger.info(
+                    "no validation during training (%d %s, %s=%d): evaluating the final model",
+                    trainer.current_epoch, unit, step_key, eval_step,
+                )
             best_path = str(folder / "last.ckpt")
         rounds = int(trainer.current_epoch)
         at_budgets = [
@@ -304,9 +321,13 @@ def run_lightning(
         ]
         final = valid_and_test(trainer, module, Path(best_path), valid_data, test_data)
         best_valid, test_result = final["valid"], final["test"]
-        # A run that stopped before a budget had its final best model at that budget.
+        # Early stopping ended the run before a budget: its final best model is the one it would have
+        # reported at that budget. A budget past the run's own length (epochs) was never reached by any
+        # run of this config, and is left out.
         at_budgets += [
-            {"valid": best_valid, "test": test_result, "rounds": b} for b in budgets.budgets if b >= rounds
+            {"valid": best_valid, "test": test_result, "rounds": b}
+            for b in budgets.budgets
+            if rounds <= b <= int(config["epochs"])
         ]
         for entry in at_budgets:
             best = best_validation(curve, entry["rounds"], metric, bigger=mode == "max")
@@ -374,23 +395,47 @@ def run_privacy(config: Any, sampler: RoundSampler, population: Population, roun
 
 
 def ended_by_budget(
-    trainer: pl.Trainer, early_stopping: EarlyStopping, curve: list[dict[str, float]], metric: str, federated: bool
+    trainer: pl.Trainer,
+    early_stopping: EarlyStopping,
+    curve: list[dict[str, float]],
+    metric: str,
+    federated: bool,
+    step_key: str = "eval_step",
 ) -> bool:
     """True, with a warning, when the ``epochs`` budget ended a run that early stopping had not:
-    its model may be cut off before convergence (measured on a sparse Amazon category: -20% HR@20)."""
+    its model may be cut off before convergence (measured on a sparse Amazon category: -20% HR@20).
+
+    The warning says what happened: the best validation and how long ago it was, or, when
+    no validation ran at all (``epochs`` below the validation step), just that."""
     if early_stopping.stopped_epoch or trainer.current_epoch < (trainer.max_epochs or 0):
         return False
     unit = "rounds" if federated else "epochs"
-    best = max(curve, key=lambda row: row.get(metric, float("-inf")), default=None)
-    logging.getLogger().warning(
-        "the run ended at its budget of %d %s before early stopping: validation was still improving "
-        "(best %s %.4f at %s %d, %d validations ago). Raise --epochs to let early stopping decide.",
+    scored = [row for row in curve if metric in row]
+    logger = logging.getLogger()
+    if not scored:
+        logger.warning(
+            "the run ended at its budget of %d %s with no validation (%s is %d, more than %d): the final "
+            "model is evaluated. Raise --epochs, or lower --%s, to validate and stop early.",
+            trainer.max_epochs,
+            unit,
+            step_key,
+            trainer.check_val_every_n_epoch or 1,
+            trainer.max_epochs,
+            step_key,
+        )
+        return True
+    best = max(scored, key=lambda row: row[metric])
+    since = sum(1 for row in scored if row["epoch"] > best["epoch"])
+    state = "was still improving" if since == 0 else f"had not improved for {since} validations"
+    logger.warning(
+        "the run ended at its budget of %d %s before early stopping: validation %s (best %s %.4f at %s %d). "
+        "Raise --epochs to let early stopping decide.",
         trainer.max_epochs,
         unit,
+        state,
         metric,
-        best[metric] if best else float("nan"),
+        best[metric],
         unit[:-1],
-        int(best["epoch"]) if best else -1,
-        early_stopping.wait_count,
+        int(best["epoch"]) + 1,
     )
     return True

@@ -1,6 +1,6 @@
 """The on-device generator: language model, item texts and embeddings, prompts, grounding, views cache.
 
-Entry point: :func:`ensure_views` (DESIGN.md §2.1-2.2). Command line:
+Entry point: :func:`ensure_views` (docs/design.md §2.1-2.2). Command line:
 ``python -m recbole_lumos.generate --dataset=NAME``.
 """
 

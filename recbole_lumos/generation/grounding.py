@@ -1,6 +1,6 @@
 """Grounding: turning a language model's free-text answer into catalogue item ids.
 
-Generated text is never used raw (DESIGN.md §2.1). Each answer is read in stages and
+Generated text is never used raw (docs/design.md §2.1). Each answer is read in stages and
 every item records the stage that found it, so the statistics show how much of the
 views the model really chose:
 

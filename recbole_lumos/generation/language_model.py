@@ -1,4 +1,4 @@
-"""The on-device language model: one loading function for every source (DESIGN.md §2.2).
+"""The on-device language model: one loading function for every source (docs/design.md §2.2).
 
 ``lumos_llm`` may be a hub id, a local folder (``save_pretrained`` layout, or holding
 a GGUF file named by ``lumos_llm_file``) or the path of a ``.gguf`` file;

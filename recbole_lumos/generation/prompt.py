@@ -1,4 +1,4 @@
-"""Prompt mode: one chat prompt per user and view, answered with candidate numbers (DESIGN.md §2.2).
+"""Prompt mode: one chat prompt per user and view, answered with candidate numbers (docs/design.md §2.2).
 
 A prompt shows the user's recent *training* titles (``lumos_prompt_history``, with
 genres or categories) and an indexed candidate list (``lumos_num_candidates``). The

@@ -1,4 +1,4 @@
-"""Views built in the item-embedding space (``lumos_generation: semantic``, DESIGN.md §2.1-2.2).
+"""Views built in the item-embedding space (``lumos_generation: semantic``, docs/design.md §2.1-2.2).
 
 For a user with training history ``s`` (never its validation or test items) and
 ``recent = s[-L:]`` (``L = MAX_ITEM_LIST_LENGTH``, ``m = len(recent)``):

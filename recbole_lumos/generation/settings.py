@@ -20,7 +20,7 @@ GEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
 """``lumos_gen_dtype`` values."""
 
 VIEW_NAMES = ("F", "R", "C")
-"""The three views of DESIGN.md §2.1: future-oriented, rephrasing, counterfactual."""
+"""The three views of docs/design.md §2.1: future-oriented, rephrasing, counterfactual."""
 
 
 def counterfactual_names(num_counterfactuals: int = 1) -> tuple[str, ...]:
@@ -59,7 +59,7 @@ class GeneratorSettings:
     rho_c: float = 0.3
     lumos_num_counterfactuals: int = 1
     """``n_c``: counterfactual views per user (``C``, ``C2``, ...), each an independent draw from the far pool,
-    so that a one-user client batch has several hard negatives (DESIGN.md §2.3)."""
+    so that a one-user client batch has several hard negatives (docs/design.md §2.3)."""
     lumos_generation: str = "auto"
     lumos_llm: str | None = None
     lumos_llm_file: str | None = None

@@ -1,4 +1,4 @@
-"""``ensure_views``: every user's F, R and C views, from the cache or generated (DESIGN.md §2.1-2.2).
+"""``ensure_views``: every user's F, R and C views, from the cache or generated (docs/design.md §2.1-2.2).
 
 With ``lumos_num_counterfactuals = n_c > 1`` each user also gets C2 ... C{n_c}. In
 prompt mode every counterfactual is its own prompt, with its own candidate list (other
@@ -480,7 +480,7 @@ def _stats(
     generated: int,
     names: Sequence[str],
 ) -> dict[str, Any]:
-    """The statistics of DESIGN.md §2.2 over the selected users (grounding: over every generated user)."""
+    """The statistics of docs/design.md §2.2 over the selected users (grounding: over every generated user)."""
     present = [views[u] for u in selected if u in views]
     lengths = {name: [len(v[name]) for v in present] for name in names}
     positions = sum(sum(x) for x in lengths.values())

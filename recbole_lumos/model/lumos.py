@@ -9,7 +9,7 @@ are F and R, rows 3.. the counterfactuals, right padded like RecBole sequences.
 Prediction is SASRec's, unchanged.
 
 A federated client's batch is the client alone, so its contrastive term can only
-use negatives it holds itself (DESIGN.md §2.3; ``results/tri-view-activity.md``): its
+use negatives it holds itself (docs/design.md §2.3; ``results/tri-view-activity.md``): its
 ``n_c`` counterfactual sequences and, with ``lumos_item_negatives``, the items its
 counterfactuals brought in, scored against the anchor in the item-embedding table
 (they cost no encoder pass). ``lumos_aug_weight`` also trains the next-item loss on
@@ -46,7 +46,7 @@ def tri_view_loss(
     item_negatives: torch.Tensor | None = None,
     item_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Mean over positives of ``nce(h, h_P)`` (DESIGN.md §2.3)::
+    r"""Mean over positives of ``nce(h, h_P)`` (docs/design.md §2.3)::
 
         nce(a, p) = -log( e^{s(a,p)/τ} / ( e^{s(a,p)/τ} + Σ_{b≠a} e^{s(a,h_b)/τ}
                                            + w_c Σ_c e^{s(a,h_C[c])/τ} + w_c Σ_j e^{s(a,e_j)/τ} ) )
@@ -160,7 +160,7 @@ class LUMOS(SASRec):
             raise ConfigurationError("lumos_aug_weight > 0 needs lumos_aug_views: F, R or both.")
         self.aug_f_targets = bool(config["lumos_aug_f_targets"])
         if self.loss_type != "CE":
-            raise NotImplementedError("LUMOS supports loss_type 'CE' only (DESIGN.md §2.3).")
+            raise NotImplementedError("LUMOS supports loss_type 'CE' only (docs/design.md §2.3).")
 
     # ------------------------------------------------------------ what training needs
     @property

@@ -38,6 +38,7 @@ def _project_models() -> dict[str, type]:
 
 SHORTHANDS: dict[str, str] = {
     "FedSASRec": "SASRec",
+    "FedSASRec-T": "FedSASRec",
     "FedCL4SRec": "CL4SRec",
     "LUMOS-noF": "LUMOS",
     "LUMOS-noR": "LUMOS",
@@ -47,7 +48,7 @@ SHORTHANDS: dict[str, str] = {
     "LUMOS-central": "LUMOS",
 }
 """Shorthand name -> base model name; the shorthand's YAML holds what differs (the LUMOS
-ablations of DESIGN.md §3 are shorthands too)."""
+ablations of docs/design.md §3 are shorthands too)."""
 
 ABLATIONS: dict[str, list[str]] = {
     "views": ["LUMOS", "LUMOS-noF", "LUMOS-noR", "LUMOS-randC", "LUMOS-randViews", "LUMOS-central"]

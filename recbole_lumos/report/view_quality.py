@@ -10,6 +10,16 @@ An F view that holds the next item far above chance carries signal the backbone 
 use; one near chance only adds noise. Comparing datasets (or prompt against semantic
 views) this way helps explain where the tri-view loss pays off.
 
+``--probe`` asks the same of the item encoders alone, before any view is written (the
+generator-alone probe): each user's catalogue is scored by cosine to the mean embedding
+of the last ``lumos_intent_window`` training items, history excluded, and HR@20 and
+NDCG@20 of the validation item are printed for every encoder of ``--probe_encoders``,
+next to popularity and to the last item's transition counts over all users' training
+data (central; a floor any trained model should pass):
+
+    python -m recbole_lumos.report.view_quality --probe --dataset=amazon-beauty \
+        --probe_encoders=lm,all-MiniLM-L6-v2 [--data_path=..]
+
 The held-out items are read here for *evaluation only*: the views were fixed before
 this runs, from training histories alone, and nothing computed here flows back into
 a view, a cache or a model.
@@ -148,10 +158,112 @@ def run(argv: Sequence[str]) -> str:
     return table
 
 
+def _rank_metrics(scores: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row hit@k and NDCG@k of ``targets`` under ``scores`` (``-inf`` = excluded), ties counted against."""
+    target_scores = scores[np.arange(len(targets)), targets]
+    rank = (scores > target_scores[:, None]).sum(1)  # 0-based
+    hit = rank < k
+    return hit.astype(np.float64), np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
+
+
+def probe_scorers(
+    histories: Mapping[int, np.ndarray],
+    targets: Mapping[int, int],
+    num_items: int,
+    embeddings: Mapping[str, np.ndarray],
+    window: int = 5,
+    k: int = 20,
+    chunk: int = 1024,
+) -> dict[str, tuple[float, float]]:
+    """HR@k and NDCG@k of the held-out item (``targets``: user id -> item id) for each scorer.
+
+    ``histories`` are training histories (internal item ids, time order). ``embeddings``
+    maps a name to a ``[num_items - 1, d]`` matrix (row ``i`` is item ``i + 1``). Every
+    scorer ranks the whole catalogue with the user's history removed, as RecBole's full
+    ranking does.
+    """
+    users = [u for u in targets if u in histories and len(histories[u])]
+    popularity = np.zeros(num_items, dtype=np.float64)
+    transitions: dict[int, np.ndarray] = {}
+    following: dict[int, list[int]] = {}
+    for history in histories.values():
+        np.add.at(popularity, history, 1.0)
+        for a, b in zip(history[:-1], history[1:], strict=True):
+            following.setdefault(int(a), []).append(int(b))
+    for item, nexts in following.items():
+        transitions[item] = np.bincount(nexts, minlength=num_items).astype(np.float64)
+    unit = {}
+    for name, matrix in embeddings.items():
+        full = np.zeros((num_items, matrix.shape[1]), dtype=np.float32)
+        full[1:] = matrix / np.linalg.norm(matrix, axis=1, keepdims=True).clip(min=1e-12)
+        unit[name] = full
+    totals = {name: [0.0, 0.0] for name in ["popularity", *embeddings, "transitions"]}
+    for start in range(0, len(users), chunk):
+        batch = users[start : start + chunk]
+        mask = np.zeros((len(batch), num_items), dtype=bool)
+        mask[:, 0] = True
+        for row, user in enumerate(batch):
+            mask[row, histories[user]] = True
+        goal = np.asarray([targets[u] for u in batch])
+        scored = {"popularity": np.broadcast_to(popularity, mask.shape).copy()}
+        for name, table in unit.items():
+            intent = np.stack([table[histories[u][-window:]].mean(0) for u in batch])
+            scored[name] = intent @ table.T
+        # the last item's successors first, popularity breaking ties (and ranking the rest)
+        tie = popularity / (popularity.max() + 1.0)
+        zero = np.zeros(num_items)
+        scored["transitions"] = np.stack([transitions.get(int(histories[u][-1]), zero) for u in batch]) + tie
+        for name, scores in scored.items():
+            scores = scores.astype(np.float64)
+            scores[mask] = -np.inf
+            hit, ndcg = _rank_metrics(scores, goal, k)
+            totals[name][0] += hit.sum()
+            totals[name][1] += ndcg.sum()
+    return {name: (hr / max(1, len(users)), nd / max(1, len(users))) for name, (hr, nd) in totals.items()}
+
+
+def probe_table(results: Mapping[str, tuple[float, float]], k: int = 20) -> str:
+    lines = [f"| scorer | HR@{k} | NDCG@{k} |", "|---|---|---|"]
+    lines += [f"| {name} | {hr:.4f} | {nd:.4f} |" for name, (hr, nd) in results.items()]
+    return "\n".join(lines)
+
+
+def run_probe(argv: Sequence[str]) -> str:
+    """The generator-alone probe on the validation items (see the module docstring)."""
+    from recbole_lumos.data.partition import training_histories
+    from recbole_lumos.generate import prepare_split
+    from recbole_lumos.generation.catalogue import catalogue_embeddings
+
+    encoders = ["lm", "all-MiniLM-L6-v2"]
+    rest = []
+    for arg in argv:
+        if arg.startswith("--probe_encoders="):
+            encoders = [e for e in arg.split("=", 1)[1].split(",") if e]
+        elif arg != "--probe":
+            rest.append(arg)
+    config, dataset, (train_data, valid_data, _) = prepare_split(rest)
+    histories = {u: h.numpy() for u, h in training_histories(train_data._dataset).items()}
+    inter = valid_data._dataset.inter_feat
+    targets = dict(
+        zip(inter[dataset.uid_field].tolist(), inter[dataset.iid_field].tolist(), strict=True)
+    )
+    embeddings = {}
+    for encoder in encoders:
+        config["lumos_item_encoder"] = encoder
+        embeddings[f"encoder {encoder}"] = catalogue_embeddings(config, train_data._dataset)
+    num_items = int(train_data._dataset.item_num)
+    window = int(config["lumos_intent_window"] or 5)
+    table = probe_table(probe_scorers(histories, targets, num_items, embeddings, window))
+    print(f"{config['dataset']}: validation items of {len(targets)} users, intent = mean of the last {window} items")
+    print(table)
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     logging.basicConfig(level=logging.WARNING)
-    return exit_status(run, sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    return exit_status(run_probe if "--probe" in args else run, args)
 
 
 if __name__ == "__main__":

@@ -329,8 +329,8 @@ def test_a_run_cut_by_its_round_budget_says_so(tiny_data, tmp_path, caplog):
 
 def test_round_budgets_report_the_best_model_up_to_each_budget_and_change_nothing_else(tiny_data, tmp_path):
     """Valid and test at rounds 4 and 8 are those of the best validation up to that round (the
-    checkpoint copied then, evaluated after training); a budget past the run's end is its final
-    best; and the run's own numbers are those of the same run without budgets."""
+    checkpoint copied then, evaluated after training); a budget past the run's length (50 > 12
+    rounds) is left out; and the run's own numbers are those of the same run without budgets."""
     settings = {**TINY, "data_path": str(tiny_data), "epochs": 12, "federated_eval_step": 2, "topk": [5]}
     settings |= {"federated_stopping_step": 100, "valid_metric": "NDCG@5", "server_lr": 0.3}
     with_budgets = run_model(
@@ -343,14 +343,24 @@ def test_round_budgets_report_the_best_model_up_to_each_budget_and_change_nothin
     assert with_budgets.valid_curve == without.valid_curve
     assert with_budgets.test_result == without.test_result
     by_budget = {entry["rounds"]: entry for entry in with_budgets.at_budgets}
-    assert sorted(by_budget) == [4, 8, 50]
+    assert sorted(by_budget) == [4, 8]
     for budget in (4, 8):
         seen = [p for p in with_budgets.valid_curve if p["epoch"] + 1 <= budget]
         best = max(seen, key=lambda p: p["ndcg@5"])  # first of the best, as the checkpoint keeps it
         assert by_budget[budget]["best_round"] == int(best["epoch"]) + 1
         assert by_budget[budget]["valid"]["ndcg@5"] == pytest.approx(best["ndcg@5"], abs=1e-4)
         assert list((tmp_path / "b").glob(f"FedSASRec-tiny-*/best-round{budget}.ckpt"))
-    assert by_budget[50]["test"] == with_budgets.test_result
-    assert by_budget[50]["valid"] == with_budgets.best_valid_result
     # the curve must move for the budgets to mean anything: round 4's best is not the final best
     assert by_budget[4]["valid"]["ndcg@5"] < with_budgets.best_valid_result["ndcg@5"]
+
+
+def test_a_run_shorter_than_its_validation_step_says_only_what_happened(tiny_data, tmp_path, caplog):
+    """3 rounds, a validation every 5: no validation ran, so the warning claims no best score, names the
+    federated key, and no round budget past the run's end (50, 100, 200) is reported."""
+    settings = {**TINY, "data_path": str(tiny_data), "client_batch": 8, "num_negatives": 8, "epochs": 3}
+    settings |= {"federated_eval_step": 5, "round_budgets": [50, 100, 200], "checkpoint_dir": str(tmp_path)}
+    result = run_model("FedSASRec", "tiny", overrides=settings)
+    assert result.epochs == 3 and result.ended_by_budget and result.at_budgets == []
+    assert "with no validation (federated_eval_step is 5, more than 3)" in caplog.text
+    assert "still improving" not in caplog.text and "nan" not in caplog.text
+    assert "(epochs < eval_step)" not in caplog.text

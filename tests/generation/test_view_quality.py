@@ -61,3 +61,27 @@ def test_the_command_reads_cached_views_and_never_generates(tiny_data, tiny_lm, 
     for row in rows:
         assert row[1] == "6"
         assert float(row[3]) <= float(row[2]) and 0.0 <= float(row[4]) <= 1.0 and 0.0 <= float(row[6]) <= 1.0
+
+
+def test_the_probe_ranks_the_catalogue_like_a_full_sort_evaluation():
+    """Hand-checked: 5 items; the encoder puts item 4 next to item 3, popularity prefers item 2,
+    and the last item's successors (over all users' training histories) point at item 5."""
+    import numpy as np
+
+    from recbole_lumos.report.view_quality import probe_scorers
+
+    histories = {1: np.array([1, 3]), 2: np.array([2, 3, 5]), 3: np.array([2, 2, 3, 5])}
+    targets = {1: 4, 2: 1, 3: 4}
+    angle = {1: 0.0, 2: 2.0, 3: 4.0, 4: 4.2, 5: 1.0}  # unit circle: 4 is nearest 3
+    table = np.array([[np.cos(angle[i]), np.sin(angle[i])] for i in range(1, 6)], dtype=np.float32)
+    result = probe_scorers(histories, targets, num_items=6, embeddings={"text": table}, window=1, k=1)
+    # user 1: intent = item 3, history {1, 3} removed -> item 4 first (hit); user 2: intent = item 5 ->
+    # item 1 (angle 0) is nearest among {1, 4} (hit); user 3: intent = item 5 -> 1 before 4 (miss)
+    assert result["text"] == (2 / 3, 2 / 3)
+    # popularity (2: 3, 3: 3, 5: 2, 1: 1, 4: 0): user 1 gets 2 (miss), user 2 gets 1 (hit), user 3 gets 1 (miss)
+    assert result["popularity"] == (1 / 3, 1 / 3)
+    # successors of 3 are {5, 5}, ties by popularity: user 1 -> 5 (miss); user 2, 3 (last item 5): no successor,
+    # popularity decides: user 2 -> 1 (hit), user 3 -> 1 (miss)
+    assert result["transitions"] == (1 / 3, 1 / 3)
+    at_two = probe_scorers(histories, targets, num_items=6, embeddings={"text": table}, window=1, k=2)
+    assert at_two["text"][0] == 1.0 and at_two["text"][1] == pytest.approx((1 + 1 + 1 / np.log2(3)) / 3)

@@ -31,7 +31,7 @@ def chosen_items(view_set, dataset, train_dataset, L: int = 10, n_c: int = 1) ->
 
 
 def assert_layout(view_set, dataset, train_dataset, config) -> None:
-    """F, R and every counterfactual follow DESIGN.md §2.1, from the user's training history alone."""
+    """F, R and every counterfactual follow docs/design.md §2.1, from the user's training history alone."""
     L, k_f, n_c = config["MAX_ITEM_LIST_LENGTH"], config["k_f"], config["lumos_num_counterfactuals"]
     catalogue = set(map(str, dataset.field2id_token[dataset.iid_field][1:]))
     histories = histories_by_token(dataset, train_dataset)
