@@ -37,9 +37,10 @@ from recbole_lumos.report.stats import mean_std, paired_t_test  # noqa: E402
 
 BASELINE = "FedSASRec"
 LUMOS_CELLS = {
-    "nc1-aug0-l0.1": [],  # LUMOS's defaults before this study
+    # every key spelt out: a data set's own LUMOS file (properties/dataset/<dataset>/LUMOS.yaml) must not change a cell
+    "nc1-aug0-l0.1": ["--lumos_num_counterfactuals=1", "--lumos_aug_weight=0.0", "--lambda_cl=0.1"],  # the defaults
     "nc4-aug0.1-l0.03": ["--lumos_num_counterfactuals=4", "--lumos_aug_weight=0.1", "--lambda_cl=0.03"],
-    "nc16-aug0-l0.03": ["--lumos_num_counterfactuals=16", "--lambda_cl=0.03"],
+    "nc16-aug0-l0.03": ["--lumos_num_counterfactuals=16", "--lumos_aug_weight=0.0", "--lambda_cl=0.03"],
     # Where the first seeds pointed (ml-100k, 2020: the views as next-item data under fusion): more of it, and
     # F's inferred continuations as next-item targets too.
     "nc4-aug0.3-l0.03": ["--lumos_num_counterfactuals=4", "--lumos_aug_weight=0.3", "--lambda_cl=0.03"],
