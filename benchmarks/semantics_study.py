@@ -154,6 +154,20 @@ def import_previous(previous: Path, out: Path, grid: dict[str, list[str]]) -> No
                 print(f"{cell}: {path.name} from {old}", flush=True)
 
 
+def publish(out: Path, target: Path, grid: dict[str, list[str]]) -> None:
+    """``target/table.md``, ``target/budgets.md`` and ``target/runs/<cell>/runs/*.json`` (the finished runs)."""
+    runs = stored_runs(out, grid)
+    for cell, by_seed in runs.items():
+        for seed in by_seed:
+            source = run_path(out, cell, grid[cell], seed)
+            copy = run_path(target / "runs", cell, grid[cell], seed)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, copy)
+    (target / "table.md").write_text(table(out, grid) + "\n")
+    (target / "budgets.md").write_text(budget_table(runs, BASELINE) + "\n")
+    print(f"published {sum(len(r) for r in runs.values())} runs of {len(runs)} cells to {target}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -165,10 +179,16 @@ def main() -> None:
     parser.add_argument("--previous", type=Path, help="an issue-16 study folder to take repeated runs from")
     parser.add_argument("--table", action="store_true", help="print the table of stored runs and exit")
     parser.add_argument("--budgets", action="store_true", help="print test at 50/100/200 rounds and exit")
+    parser.add_argument(
+        "--publish", type=Path, metavar="DIR", help="write table.md and budgets.md and copy the finished runs to DIR"
+    )
     args = parser.parse_args()
     grid = cells()
     if args.previous:
         import_previous(args.previous, args.out, grid)
+    if args.publish:
+        publish(args.out, args.publish, grid)
+        return
     if args.table or args.budgets:
         if args.table:
             print(table(args.out, grid))
