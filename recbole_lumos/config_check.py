@@ -304,7 +304,9 @@ def check_config(config: Any) -> None:
             )
     views = values.get("lumos_views")
     if views is not None:
-        items = views if isinstance(views, list | tuple) else [views]
+        if isinstance(views, str):  # --lumos_views=[F,R] arrives as the string "[F,R]" (RecBole cannot eval it)
+            views = [v.strip(" '\"") for v in views.strip("[] ").split(",") if v.strip(" '\"")]
+        items = list(views) if isinstance(views, list | tuple) else [views]
         bad = [v for v in items if v not in ("F", "R", "C")]
         if bad or not {"F", "R"} & set(items):
             raise ConfigurationError(

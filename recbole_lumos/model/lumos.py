@@ -334,7 +334,9 @@ class LUMOS(SASRec):
 
 
 def _view_names(value, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    names = [value] if isinstance(value, str) else list(value or [])
+    if isinstance(value, str):  # --key=[F,R] reaches RecBole's parser as a string: read "[F,R]", "F,R" or "F"
+        value = [v.strip(" '\"") for v in value.strip("[] ").split(",") if v.strip(" '\"")]
+    names = list(value or [])
     unknown = sorted(set(names) - set(allowed))
     if unknown:
         raise ConfigurationError(f"{key} may contain {', '.join(allowed)} only, got {unknown}.")

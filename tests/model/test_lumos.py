@@ -161,3 +161,14 @@ def test_lambda_zero_trains_exactly_like_sasrec(tiny_data, tmp_path, federated):
     lumos_params = load_trusted(lumos.checkpoint)["state_dict"]
     for name, value in load_trusted(sasrec.checkpoint)["state_dict"].items():
         torch.testing.assert_close(lumos_params[name], value, rtol=0, atol=0)
+
+
+def test_view_lists_typed_on_the_command_line_are_read_as_lists():
+    """``--lumos_aug_views=[F,R]`` reaches the config as the string "[F,R]" (RecBole cannot eval it)."""
+    from recbole_lumos.model.lumos import _view_names
+
+    assert _view_names("[F,R]", "lumos_aug_views", ("F", "R")) == ("F", "R")
+    assert _view_names("['R', 'F']", "lumos_aug_views", ("F", "R")) == ("F", "R")
+    assert _view_names("R", "lumos_aug_views", ("F", "R")) == ("R",)
+    with pytest.raises(ConfigurationError, match="lumos_aug_views"):
+        _view_names("[F,X]", "lumos_aug_views", ("F", "R"))
