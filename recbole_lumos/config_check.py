@@ -185,6 +185,7 @@ RANGES: dict[str, Range] = {
     "client_fraction": Range(low=0, high=1, low_open=True, optional=True),
     "clients_per_round": _at_least(1, optional=True),
     "client_batch": _at_least(1, optional=True),
+    "client_dropout": Range(low=0, high=1, high_open=True),  # a share of the sampled clients; 1 would leave none
     "local_epochs": _at_least(1),
     "local_lr": _NON_NEGATIVE,
     "num_negatives": _at_least(1),

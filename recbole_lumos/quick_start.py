@@ -83,6 +83,11 @@ class RunResult:
     data: dict[str, Any] | None = None
     """The folder the data was read from and each atomic file's size and SHA-256
     (:func:`~recbole_lumos.data.atomic_files.data_fingerprint`)."""
+    dropped_clients: int | None = None
+    """Federated runs: sampled clients that never answered, over all rounds (``client_dropout``)."""
+    refused_updates: int | None = None
+    """Federated runs: client updates the server refused (non-finite, misshapen, rows out of range,
+    a weight out of bounds; :mod:`recbole_lumos.federated.update_checks`), over all rounds."""
     log_dir: str | None = None
     """The run's log folder (``run.log``, ``tensorboard/``; :mod:`recbole_lumos.run_log`)."""
 
@@ -291,6 +296,8 @@ def run_model(
         extra.update(num_clients=outcome["clients"], valid_curve=outcome["valid_curve"])
         extra.update(ended_by_budget=outcome["ended_by_budget"], at_budgets=outcome["at_budgets"])
         extra.update(privacy=outcome["privacy"], attack=outcome["attack"])
+        if config["federated"]:
+            extra.update(dropped_clients=outcome["dropped_clients"], refused_updates=outcome["refused_updates"])
         if traffic:
             extra["bytes_up_per_client"] = sum(t["bytes_up_per_client"] for t in traffic) / len(traffic)
             extra["bytes_down_per_client"] = traffic[-1]["bytes_down_per_client"]

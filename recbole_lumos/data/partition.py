@@ -214,6 +214,10 @@ class RoundSampler(Sampler[list[int]]):
     the same clients. Lightning calls :meth:`set_epoch` with the round index. With
     ``sort_by_length`` the round's clients are ordered by number of windows before
     being cut into cohorts (less padding; used for centralised all-position training).
+
+    ``dropout`` (``client_dropout``) is the share of a round's sampled clients that never
+    answer: ``floor(dropout * clients_per_round)`` of them, drawn from ``(seed, r)`` too
+    (:meth:`dropped`). The cohorts hold the clients that answer (:meth:`answering`).
     """
 
     def __init__(
@@ -225,9 +229,13 @@ class RoundSampler(Sampler[list[int]]):
         seed: int,
         lengths: Sequence[int] | None = None,
         shuffle: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         if not 1 <= clients_per_round <= num_clients:
             raise ValueError(f"clients_per_round must be in [1, {num_clients}], got {clients_per_round}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"client dropout must be a share in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.client_batch = max(1, client_batch)
@@ -254,15 +262,39 @@ class RoundSampler(Sampler[list[int]]):
             chosen = chosen[np.argsort(self.lengths[chosen], kind="stable")]
         return chosen
 
+    def num_dropped(self) -> int:
+        """Sampled clients per round that never answer: ``floor(dropout * clients_per_round)``."""
+        return int(self.dropout * self.clients_per_round + 1e-9)
+
+    def _dropped_mask(self, round_index: int) -> np.ndarray:
+        mask = np.zeros(self.clients_per_round, dtype=bool)
+        if self.num_dropped():
+            rng = np.random.default_rng([self.seed, round_index, 2])
+            mask[rng.choice(self.clients_per_round, self.num_dropped(), replace=False)] = True
+        return mask
+
+    def dropped(self, round_index: int) -> np.ndarray:
+        """The round's sampled clients that never answer (``dropout``), in sample order."""
+        return self.round_clients(round_index)[self._dropped_mask(round_index)]
+
+    def answering(self, round_index: int) -> np.ndarray:
+        """The round's sampled clients that answer, in sample order."""
+        return self.round_clients(round_index)[~self._dropped_mask(round_index)]
+
+    def cohorts(self, round_index: int) -> list[list[int]]:
+        """Round ``round_index``'s cohorts of answering clients, in training order."""
+        chosen = self.answering(round_index).tolist()
+        cohorts = [chosen[i : i + self.client_batch] for i in range(0, len(chosen), self.client_batch)]
+        if self.lengths is not None and self.shuffle:
+            order = np.random.default_rng([self.seed, round_index, 1]).permutation(len(cohorts))
+            cohorts = [cohorts[i] for i in order]
+        return cohorts
+
     def __iter__(self) -> Iterator[list[int]]:
         # A generator: the round is read when the first cohort is requested, not when the
         # iterator is made (a resumed Lightning run makes it before calling set_epoch).
-        chosen = self.round_clients(self.round).tolist()
-        cohorts = [chosen[i : i + self.client_batch] for i in range(0, len(chosen), self.client_batch)]
-        if self.lengths is not None and self.shuffle:
-            order = np.random.default_rng([self.seed, self.round, 1]).permutation(len(cohorts))
-            cohorts = [cohorts[i] for i in order]
-        yield from cohorts
+        yield from self.cohorts(self.round)
 
     def __len__(self) -> int:
-        return -(-self.clients_per_round // self.client_batch)
+        answering = self.clients_per_round - self.num_dropped()
+        return -(-answering // self.client_batch)

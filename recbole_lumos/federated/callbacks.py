@@ -13,63 +13,74 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from recbole_lumos.data.partition import RoundSampler
 from recbole_lumos.federated.accounting import RoundTraffic, tensor_bytes
-from recbole_lumos.federated.aggregators import build_aggregator
 from recbole_lumos.federated.allocator import release_freed_memory
-from recbole_lumos.federated.server_optimizer import ServerOptimizer, apply_aggregate, build_server_optimizer
+from recbole_lumos.federated.server_optimizer import ServerOptimizer
+from recbole_lumos.federated.server_step import ServerStep
 
 
 class AggregationCallback(pl.Callback):
-    """Folds each cohort's client updates into the aggregator and, when the round's last
-    cohort is done, steps the global backbone with the aggregate as pseudo-gradient
-    (``server_optimizer``; plain ``sgd`` is ``global += server_lr * aggregate``).
+    """Hands each cohort's client updates to the :class:`ServerStep` (checked, then folded
+    into the aggregator) and, when the round's last cohort is done, steps the global
+    backbone with the aggregate as pseudo-gradient (``server_optimizer``; plain ``sgd``
+    is ``global += server_lr * aggregate``).
 
     It aggregates on the last training batch rather than in ``on_train_epoch_end``
     because Lightning runs validation *before* ``on_train_epoch_end``; validation must
     see the aggregated model. It also counts the bytes sent down (the global backbone,
-    once per sampled client) and up (each client's real upload tensors).
+    once per sampled client, dropped ones included) and up (each client's real upload
+    tensors), the sampled clients that never answered (``client_dropout``, from
+    ``sampler``) and the updates the server refused.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, sampler: RoundSampler | None = None) -> None:
         self.config = config
-        self.name = str(config["aggregator"] or "fedavg")
-        self.aggregator = None
-        self.server_optimizer: ServerOptimizer | None = None
-        self._server_state: dict[str, Any] | None = None  # restored before the optimiser exists
+        self.sampler = sampler
+        self.server: ServerStep | None = None
+        self._server_state: dict[str, Any] | None = None  # restored before the server step exists
         self.traffic = RoundTraffic()
         self.history: list[dict[str, float]] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         params = dict(pl_module.model.named_parameters())
-        shapes = {name: p.shape for name, p in params.items()}
-        self.aggregator = build_aggregator(self.name, shapes, self.config)
+        server = self._server(pl_module)
+        server.start_round(trainer.current_epoch)
+        dropped = self.sampler.dropped(trainer.current_epoch) if self.sampler is not None else []
         self.traffic = RoundTraffic(down_per_client=tensor_bytes(params.values()))
+        self._dropped = len(dropped)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        for update in outputs["updates"]:
-            self.aggregator.add(update)
+        users = outputs.get("users") or [None] * len(outputs["updates"])
+        bounds = outputs.get("max_weights") or [None] * len(outputs["updates"])
+        for update, user, bound in zip(outputs["updates"], users, bounds, strict=True):
             self.traffic.up.append(update.num_bytes())
+            self.server.add(update, bound, user)
         if batch_idx + 1 == trainer.num_training_batches:
             self._apply(trainer, pl_module)
 
-    def _optimizer(self, pl_module: pl.LightningModule) -> ServerOptimizer:
-        if self.server_optimizer is None:
-            self.server_optimizer = build_server_optimizer(dict(pl_module.model.named_parameters()), self.config)
+    def _server(self, pl_module: pl.LightningModule) -> ServerStep:
+        if self.server is None:
+            self.server = ServerStep(dict(pl_module.model.named_parameters()), self.config)
             if self._server_state is not None:
-                self.server_optimizer.load_state_dict(self._server_state)
+                self.server.load_state_dict(self._server_state)
                 self._server_state = None
-        return self.server_optimizer
+        return self.server
+
+    @property
+    def server_optimizer(self) -> ServerOptimizer | None:
+        return None if self.server is None else self.server.optimizer
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        aggregate = self.aggregator.result()
-        params = dict(pl_module.model.named_parameters())
-        apply_aggregate(self._optimizer(pl_module), params, aggregate, self.aggregator.sent_rows)
+        self.server.apply()
         summary = {
             "round": float(trainer.current_epoch),
             "clients": float(self.traffic.clients),
             **self.traffic.summary(),
+            "dropped_clients": float(self._dropped),
+            "refused_updates": float(self.server.refused),
         }
         self.history.append(summary)
         logging.getLogger().info(
@@ -90,12 +101,12 @@ class AggregationCallback(pl.Callback):
         release_freed_memory()
 
     def state_dict(self) -> dict[str, Any]:
-        server = self.server_optimizer.state_dict() if self.server_optimizer is not None else self._server_state
+        server = self.server.state_dict() if self.server is not None else self._server_state
         return {"history": self.history, "server_optimizer": server}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
-        self.server_optimizer = None
+        self.server = None
         self._server_state = state_dict.get("server_optimizer")
 
 

@@ -25,6 +25,25 @@ from recbole_lumos.federated.privacy import privatize
 from recbole_lumos.federated.update import ClientUpdate
 
 
+def round_seed(seed: int, round_index: int) -> int:
+    """The global torch RNG of a round (dropout layers).
+
+    The seeding rule of a round, the same in both engines: the Lightning module seeds these
+    at the start of a round, a Flower SuperNode for the cohorts it trains.
+    """
+    return seed * 100_003 + round_index
+
+
+def negatives_seed(seed: int, round_index: int) -> int:
+    """The round's stream of sampled negatives; its cohorts draw from it in training order."""
+    return seed * 100_019 + round_index
+
+
+def noise_seed(seed: int, round_index: int) -> int:
+    """The round's stream of local DP noise."""
+    return seed * 100_043 + round_index
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     """Client-side local DP (``ldp_clip``, ``ldp_noise_multiplier``); off when ``clip`` is None."""

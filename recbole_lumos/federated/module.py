@@ -26,7 +26,13 @@ from recbole.utils import get_trainer
 
 from recbole_lumos.data.partition import Cohort
 from recbole_lumos.errors import ConfigurationError
-from recbole_lumos.federated.client_round import PrivacySettings, train_cohort_round
+from recbole_lumos.federated.client_round import (
+    PrivacySettings,
+    negatives_seed,
+    noise_seed,
+    round_seed,
+    train_cohort_round,
+)
 from recbole_lumos.federated.local_update import LocalSettings, LocalTrainer
 from recbole_lumos.model.next_item import all_positions_loss
 
@@ -64,9 +70,9 @@ class SequentialRecModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self) -> None:
         # Every round draws from RNGs seeded by (seed, round): a resumed run repeats it exactly.
-        torch.manual_seed(self.seed * 100_003 + self.current_epoch)
-        self._negatives = torch.Generator().manual_seed(self.seed * 100_019 + self.current_epoch)
-        self._noise = torch.Generator().manual_seed(self.seed * 100_043 + self.current_epoch)
+        torch.manual_seed(round_seed(self.seed, self.current_epoch))
+        self._negatives = torch.Generator().manual_seed(negatives_seed(self.seed, self.current_epoch))
+        self._noise = torch.Generator().manual_seed(noise_seed(self.seed, self.current_epoch))
         self._round_started = time.perf_counter()
         self._round_clients = 0
         self.model.train()
@@ -99,7 +105,8 @@ class SequentialRecModule(pl.LightningModule):
             on_epoch=False,
             batch_size=len(cohort),
         )
-        return {"updates": updates}
+        # What the server knows of these clients: who they are and the most weight each may claim.
+        return {"updates": updates, "users": cohort.users.tolist(), "max_weights": cohort.weights.tolist()}
 
     def configure_optimizers(self):
         if self.federated:

@@ -68,6 +68,36 @@ class Population:
         }
 
 
+def client_view_blocks(
+    config: Any, histories: dict[int, torch.Tensor], train_dataset: Any
+) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    """Each client's view block (``[4, L]``: anchor, F, R, C) and what the generation did.
+
+    The one path from the views to the clients, for the in-process population and a Flower
+    SuperNode's shard alike: :func:`~recbole_lumos.generation.ensure_views` (which also makes
+    the ``lumos_view_space: random`` views of LUMOS-randViews), the blocks, then random
+    counterfactual items for ``lumos_counterfactual_items: random`` (LUMOS-randC). Every
+    step depends on ``(seed, user)`` only, so a shard's blocks are the whole run's.
+    """
+    from recbole_lumos.generation import ensure_views
+    from recbole_lumos.generation.settings import GeneratorSettings
+
+    max_len = int(config["MAX_ITEM_LIST_LENGTH"])
+    view_set = ensure_views(config, train_dataset, train_dataset)
+    num_counterfactuals = int(config["lumos_num_counterfactuals"] or 1)
+    blocks = view_blocks(histories, view_set.views, train_dataset, max_len, num_counterfactuals)
+    source = str(config["lumos_counterfactual_items"] or "generated")
+    if source not in ("generated", "random"):
+        raise ConfigurationError(f"lumos_counterfactual_items must be 'generated' or 'random', got {source!r}.")
+    if source == "random":  # the LUMOS-randC ablation
+        seed = GeneratorSettings.from_config(config).views_seed  # the views' own seed
+        blocks = randomize_counterfactuals(blocks, histories, int(train_dataset.item_num), seed)
+    missing = sum(int(not block.any()) for block in blocks.values())
+    if missing:
+        logging.getLogger().warning("%d users have no views and train on the next-item loss alone", missing)
+    return blocks, {"mode": view_set.mode, "path": str(view_set.path), **view_set.stats}
+
+
 def build_population(config: Any, model: torch.nn.Module, train_dataset: Any) -> Population:
     """Every client of the run: noisy benign histories and views, then the attacker's clients."""
     logger = logging.getLogger()
@@ -84,21 +114,7 @@ def build_population(config: Any, model: torch.nn.Module, train_dataset: Any) ->
     blocks, generation = None, None
     if needs_views(model):
         # Views come from each client's own (noisy) training history only.
-        from recbole_lumos.generation import ensure_views
-        from recbole_lumos.generation.settings import GeneratorSettings
-
-        view_set = ensure_views(views_config(config), train_dataset, train_dataset)
-        blocks = view_blocks(histories, view_set.views, train_dataset, max_len, num_counterfactuals)
-        source = str(config["lumos_counterfactual_items"] or "generated")
-        if source not in ("generated", "random"):
-            raise ConfigurationError(f"lumos_counterfactual_items must be 'generated' or 'random', got {source!r}.")
-        if source == "random":  # the LUMOS-randC ablation
-            seed = GeneratorSettings.from_config(config).views_seed  # the views' own seed
-            blocks = randomize_counterfactuals(blocks, histories, int(train_dataset.item_num), seed)
-        generation = {"mode": view_set.mode, "path": str(view_set.path), **view_set.stats}
-        missing = sum(int(not block.any()) for block in blocks.values())
-        if missing:
-            logger.warning("%d users have no views and train on the next-item loss alone", missing)
+        blocks, generation = client_view_blocks(views_config(config), histories, train_dataset)
     num_items, seed = int(train_dataset.item_num), int(config["seed"])
     targets, tokens, fake = None, [], FakeClients({}, {} if blocks is not None else None)
     if settings.measures_exposure:

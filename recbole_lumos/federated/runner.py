@@ -71,7 +71,14 @@ _ADDED_UNSET = {"lumos_views_seed", "target_items", "attack_length"}
 """Keys added after runs were stored: while unset (``None``) they stay out of the hash, so the
 run folders, and the checkpoints of unfinished runs, keep their names."""
 
-_ADDED_DEFAULTS = {"noise_ratio": 0.0, "attack": "none", "attack_ratio": 0.1, "attack_scale": 10.0, "attack_std": 0.1}
+_ADDED_DEFAULTS = {
+    "noise_ratio": 0.0,
+    "attack": "none",
+    "attack_ratio": 0.1,
+    "attack_scale": 10.0,
+    "attack_std": 0.1,
+    "client_dropout": 0.0,
+}
 """Keys added after runs were stored, with their defaults: at the default they stay out of the hash."""
 
 _FORMER_DEFAULTS = {"max_update_norm": (1.0, None)}
@@ -122,6 +129,14 @@ def clients_per_round(config: Any, num_clients: int) -> int:
     return min(count, num_clients)
 
 
+def client_dropout(config: Any) -> float:
+    """``client_dropout``: the share of a round's sampled clients that never answer, in [0, 1)."""
+    share = float(config["client_dropout"] or 0.0) if "client_dropout" in config else 0.0
+    if not 0 <= share < 1:
+        raise ConfigurationError(f"client_dropout must be a share in [0, 1), got {share}.")
+    return share
+
+
 def eval_step_key(config: Any, federated: bool) -> str:
     """The key that set the rounds (epochs) between validations: the one to name in a message."""
     return "federated_eval_step" if federated and config["federated_eval_step"] else "eval_step"
@@ -150,9 +165,11 @@ def client_loader(config: Any, partition: ClientPartition, federated: bool) -> D
     vmapped cohort pads little; the cohorts' order is then shuffled.
     """
     windows = [client.inputs.size(0) for client in partition.clients]
+    dropout = 0.0
     if federated:
         per_round = clients_per_round(config, len(partition))
         batch = int(config["client_batch"] or 1)
+        dropout = client_dropout(config)
     else:
         per_round = len(partition)
         batch = int(config["user_batch_size"] or 64)
@@ -161,7 +178,12 @@ def client_loader(config: Any, partition: ClientPartition, federated: bool) -> D
             raise ConfigurationError(f"user_batch_order must be 'by_length' or 'random', got {order!r}.")
         windows = [client.history.numel() for client in partition.clients] if order == "by_length" else None
     sampler = RoundSampler(
-        len(partition), clients_per_round=per_round, client_batch=batch, seed=int(config["seed"]), lengths=windows
+        len(partition),
+        clients_per_round=per_round,
+        client_batch=batch,
+        seed=int(config["seed"]),
+        lengths=windows,
+        dropout=dropout,
     )
     # Its own generator: creating the iterator must not draw from the global RNG that the
     # round's dropout is seeded from (a resumed run creates it at another moment).
@@ -260,7 +282,7 @@ def run_lightning(
     early_stopping = EarlyStopping(monitor=monitor, mode=mode, patience=patience)
     budgets = BudgetCheckpoints(checkpoints, list(config["round_budgets"] or []))
     callbacks: list[pl.Callback] = [checkpoints, every_round, early_stopping, clock, budgets]
-    aggregation = AggregationCallback(config) if federated else None
+    aggregation = AggregationCallback(config, loader.batch_sampler) if federated else None
     if aggregation is not None:
         callbacks.append(aggregation)
     if config["show_progress"]:
@@ -341,6 +363,8 @@ def run_lightning(
         "at_budgets": at_budgets,
         "run_folder": str(folder),
         "traffic": history,
+        "dropped_clients": int(sum(t.get("dropped_clients", 0) for t in history)),
+        "refused_updates": int(sum(t.get("refused_updates", 0) for t in history)),
         "clients": len(partition),
         "generation": generation,
         "valid_curve": curve,

@@ -364,3 +364,47 @@ def test_a_run_shorter_than_its_validation_step_says_only_what_happened(tiny_dat
     assert "with no validation (federated_eval_step is 5, more than 3)" in caplog.text
     assert "still improving" not in caplog.text and "nan" not in caplog.text
     assert "(epochs < eval_step)" not in caplog.text
+
+
+def test_the_server_refuses_a_corrupt_update_and_aggregates_the_rest(tiny_data, tmp_path, monkeypatch):
+    """A client whose upload holds a NaN is refused (logged, counted), the others are aggregated."""
+    from recbole_lumos.federated import module
+
+    honest = module.train_cohort_round
+
+    def first_client_sends_nan(*args, **kwargs):
+        updates = honest(*args, **kwargs)
+        name = next(iter(updates[0].dense))
+        updates[0].dense[name] = torch.full_like(updates[0].dense[name], float("nan"))
+        return updates
+
+    monkeypatch.setattr(module, "train_cohort_round", first_client_sends_nan)
+    settings = {**TINY, "data_path": str(tiny_data), "checkpoint_dir": str(tmp_path), "epochs": 2}
+    result = run_model(
+        "FedSASRec", "tiny", overrides={**settings, "clients_per_round": 12, "client_batch": 4, "num_negatives": 8}
+    )
+    assert result.refused_updates == 2 * 3  # one client in each of a round's three cohorts
+    assert [t["refused_updates"] for t in result.traffic] == [3.0, 3.0]
+    assert all(torch.isfinite(v).all() for v in _params(result).values())
+
+
+def test_client_dropout_drops_a_reproducible_share_of_each_round(tiny_data, tmp_path):
+    from recbole_lumos.data.partition import RoundSampler
+
+    sampler = RoundSampler(40, clients_per_round=10, client_batch=3, seed=2, dropout=0.35)
+    assert len(sampler.dropped(5)) == 3 and len(sampler) == 3  # 7 answer: cohorts of 3, 3, 1
+    assert sampler.dropped(5).tolist() == RoundSampler(40, clients_per_round=10, client_batch=3, seed=2,
+                                                       dropout=0.35).dropped(5).tolist()
+    assert sorted([*sampler.dropped(5), *sampler.answering(5)]) == sorted(sampler.round_clients(5))
+    assert sorted(c for cohort in sampler.cohorts(5) for c in cohort) == sorted(sampler.answering(5))
+    settings = {**TINY, "data_path": str(tiny_data), "checkpoint_dir": str(tmp_path), "epochs": 2}
+    result = run_model(
+        "FedSASRec",
+        "tiny",
+        overrides={**settings, "clients_per_round": 12, "client_batch": 4, "num_negatives": 8, "client_dropout": 0.25},
+    )
+    assert result.dropped_clients == 2 * 3
+    assert [t["clients"] for t in result.traffic] == [9.0, 9.0]  # the round aggregates those that answered
+    assert result.refused_updates == 0
+    with pytest.raises(ConfigurationError, match="client_dropout"):
+        run_model("FedSASRec", "tiny", overrides={**settings, "client_dropout": 1.0})

@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 from conftest import TINY_ENGINE
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -45,6 +46,10 @@ class LoopbackGrid(Grid):
         }
         self.delivered: list[str] = []
         self.pending: dict[str, Message] = {}
+        self.down: set[int] = set()
+        """Nodes the SuperLink has lost: it answers their messages with "Node Unavailable"."""
+        self.lost: dict[tuple[int, str], Error] = {}
+        """``(node, round) -> the error reply`` its train message gets instead of an answer."""
         # What Flower's runtime sets in a ServerApp process: the run and this node (the SuperLink side).
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
 
@@ -75,8 +80,17 @@ class LoopbackGrid(Grid):
         if not waiting:
             return []
         message = self.pending.pop(waiting[-1])
+        node = message.metadata.dst_node_id
+        if node in self.down:  # what Flower 1.42's SuperLink replies for a node without heartbeat
+            return [Message(Error(ErrorCode.NODE_UNAVAILABLE, "Error: Node Unavailable"), reply_to=message)]
+        lost = self.lost.get((node, message.metadata.group_id)) if message.metadata.message_type == "train" else None
+        if lost is not None:
+            return [Message(lost, reply_to=message)]
         self.delivered.append(message.metadata.message_type)
-        return [client_app(message, self.contexts[message.metadata.dst_node_id])]
+        try:
+            return [client_app(message, self.contexts[node])]
+        except Exception as error:  # what Flower's runtime replies when a ClientApp raises
+            return [Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, repr(error)), reply_to=message)]
 
     def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - push/pull are used
         raise NotImplementedError
@@ -236,3 +250,107 @@ def test_a_node_caches_its_data_and_rebuilds_a_bad_cache(tiny_data, tmp_path, mo
     data, source = flower.load_node_data(off, flower.node_config(off), 0, 2)
     assert source == "built, no cache" and not list(folder.glob("node-0of2-*"))
     assert all(c.user % 2 == 0 for c in data.partition.clients)
+
+
+UNAVAILABLE = Error(ErrorCode.NODE_UNAVAILABLE, "Error: Node Unavailable")
+RAISED = Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "RuntimeError('out of memory')")
+
+
+def _flower_config(tiny_data, tmp_path, **extra) -> dict:
+    overrides = {**TINY, "data_path": str(tiny_data), "checkpoint_dir": str(tmp_path)}
+    return {"model": "FedSASRec", "dataset": "tiny", "overrides": json.dumps(overrides), **extra}
+
+
+def test_a_lost_node_is_counted_and_the_round_aggregates_the_others(tiny_data, tmp_path):
+    run_config = _flower_config(tiny_data, tmp_path, **{"min-replies": 2})
+    grid = LoopbackGrid(run_config, 3)
+    grid.lost = {(2, "1"): UNAVAILABLE, (3, "2"): RAISED}  # node 2 in round 1, node 3's ClientApp in round 2
+    flower = run_server(grid, run_config)
+    assert flower["rounds"] == 3
+    assert [(n["round"], n["node"], n["partition"]) for n in flower["lost_nodes"]] == [(1, 2, 1), (2, 3, 2)]
+    assert "Node Unavailable" in flower["lost_nodes"][0]["reason"]
+    assert "out of memory" in flower["lost_nodes"][1]["reason"]
+    assert [t["lost_nodes"] for t in flower["traffic"]] == [0, 1, 1]
+
+    stricter = _flower_config(tiny_data, tmp_path / "strict", **{"min-replies": 3})
+    grid = LoopbackGrid(stricter, 3)
+    grid.lost = {(2, "1"): UNAVAILABLE}
+    with pytest.raises(RuntimeError, match="round 1: 2 of 3 nodes answered, fewer than the 3 needed"):
+        run_server(grid, stricter)
+
+
+def test_the_server_refuses_a_bad_update_from_the_wire(tiny_data, tmp_path, monkeypatch):
+    """Updates decoded from a node's reply go through the same checks as in-process ones."""
+    from recbole_lumos.federated import flower
+
+    encode = flower.updates_to_record
+
+    def corrupt(users, updates):
+        name = next(iter(updates[0].dense))
+        updates[0].dense[name] = torch.full_like(updates[0].dense[name], float("nan"))  # NaN
+        if len(updates) > 1 and updates[1].sparse:
+            rows, values = next(iter(updates[1].sparse.values()))
+            rows[0] = 10**6  # a row past the item table
+        if len(updates) > 2:
+            updates[2].dense["item_embedding.weight"] = torch.zeros(3)  # the wrong shape
+        return encode(users, updates)
+
+    monkeypatch.setattr(flower, "updates_to_record", corrupt)
+    run_config = _flower_config(tiny_data, tmp_path)
+    overrides = {**json.loads(run_config["overrides"]), "local_loss": "sampled_ce", "num_negatives": 8, "epochs": 1}
+    run_config["overrides"] = json.dumps(overrides)
+    result = run_server(LoopbackGrid(run_config, 2), run_config)
+    assert result["refused_updates"] == 6  # three in each node's reply
+    assert all(torch.isfinite(v).all() for v in result["state_dict"].values())
+
+
+def test_a_restarted_server_resumes_and_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path):
+    overrides = {"server_optimizer": "adam", "server_lr": 0.01, "epochs": 4}  # Adam's moments must survive
+    straight_config = _flower_config(tiny_data, tmp_path / "a", **{"min-replies": 2})
+    straight_config["overrides"] = json.dumps({**json.loads(straight_config["overrides"]), **overrides})
+    straight = run_server(LoopbackGrid(straight_config, 2), straight_config)
+
+    run_config = _flower_config(tiny_data, tmp_path / "b", **{"min-replies": 2})
+    run_config["overrides"] = straight_config["overrides"].replace(str(tmp_path / "a"), str(tmp_path / "b"))
+    grid = LoopbackGrid(run_config, 2)
+    grid.lost = {(1, "2"): UNAVAILABLE}  # round 2 cannot be aggregated: the server stops
+    with pytest.raises(RuntimeError, match="round 2"):
+        run_server(grid, run_config)
+    (checkpoint,) = (tmp_path / "b").glob("FedSASRec-tiny-*/flower-server.pt")
+    assert torch.load(checkpoint, weights_only=True)["progress"]["next_round"] == 2
+    resumed_grid = LoopbackGrid(run_config, 2)
+    resumed = run_server(resumed_grid, run_config)
+    assert resumed["resumed"] and not straight["resumed"]
+    assert resumed_grid.delivered.count("train") == 2 * 2  # rounds 2 and 3 only
+    assert resumed["rounds"] == straight["rounds"] == 4
+    assert resumed["valid_curve"] == straight["valid_curve"]
+    assert resumed["best_valid_result"] == straight["best_valid_result"]
+    assert resumed["test_result"] == straight["test_result"]
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_flower_equals_the_in_process_engine_with_dropout_and_sampled_negatives(tiny_data, tmp_path):
+    """The same seeding rule: the same clients answer, and each cohort draws the same negatives
+    although its members train on different nodes."""
+    overrides = {
+        **TINY,
+        "data_path": str(tiny_data),
+        "checkpoint_dir": str(tmp_path),
+        "local_loss": "sampled_ce",
+        "num_negatives": 8,
+        "client_dropout": 0.25,
+    }
+    in_process = run_model("FedSASRec", "tiny", overrides=overrides)
+    run_config = {"model": "FedSASRec", "dataset": "tiny", "overrides": json.dumps(overrides)}
+    run_config["server-checkpoint"] = "off"
+    flower = run_server(LoopbackGrid(run_config, 3), run_config)
+    assert flower["dropped_clients"] == in_process.dropped_clients == 3 * 6
+    assert [t["clients"] for t in flower["traffic"]] == [t["clients"] for t in in_process.traffic] == [18] * 3
+    for ours, theirs in zip(flower["valid_curve"], in_process.valid_curve, strict=True):
+        assert ours["ndcg@5"] == pytest.approx(theirs["ndcg@5"], abs=1e-4)
+    from recbole_lumos.compat import load_trusted
+
+    reference = load_trusted(in_process.checkpoint)["state_dict"]
+    for name, value in flower["state_dict"].items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-4, atol=1e-5, msg=name)

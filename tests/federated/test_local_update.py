@@ -247,7 +247,9 @@ def test_lumos_packed_step_equals_one_by_one(tiny_data, monkeypatch, optimizer, 
     cohort = collate_cohort([IndexedPartition(partition)[i] for i in range(5)])
     negatives = [trainer.draw_negatives(cohort.targets, torch.Generator().manual_seed(1))]
     together = trainer.train_packed(start, cohort, negatives)
-    atol = 1e-2 * settings.lr if optimizer == "adam" else 1e-6  # see test_packed.py on Adam's tolerance
+    # see test_packed.py on Adam's tolerance. SGD: with sim=dot the position rows sum terms of size ~1 in another
+    # order (float32): 2e-6 apart on an update whose largest entry is 2.7.
+    atol = 1e-2 * settings.lr if optimizer == "adam" else 1e-5
     for c in range(len(cohort)):
         own = cohort.owner == c
         alone = trainer.train_client(start, cohort.inputs[own], cohort.targets[own], negatives, cohort.views[c : c + 1])

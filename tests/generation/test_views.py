@@ -138,9 +138,10 @@ def test_more_counterfactuals_on_ml_100k_are_distinct_and_reproducible(prepare, 
 
 
 def test_fewer_than_one_counterfactual_is_a_configuration_error(prepare, tiny_data, tiny_lm):
-    config, dataset, train = prepare(
-        "tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic", lumos_num_counterfactuals=0
-    )
+    with pytest.raises(ConfigurationError, match="lumos_num_counterfactuals is 0"):  # the config check, up front
+        prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic", lumos_num_counterfactuals=0)
+    config, dataset, train = prepare("tiny", tiny_data, lumos_llm=str(tiny_lm), lumos_generation="semantic")
+    config["lumos_num_counterfactuals"] = 0  # a config built by hand still meets the generator's own check
     with pytest.raises(ConfigurationError, match="lumos_num_counterfactuals is 0"):
         ensure_views(config, dataset, train)
 

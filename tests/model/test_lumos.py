@@ -145,7 +145,11 @@ def test_counterfactual_is_pushed_away_more_as_w_c_grows(lumos_model):
 
 
 def test_views_without_a_positive_are_refused(tiny_data):
-    config = build_config("LUMOS", "tiny", overrides={"data_path": str(tiny_data), **TINY_ENGINE, "lumos_views": ["C"]})
+    overrides = {"data_path": str(tiny_data), **TINY_ENGINE}
+    with pytest.raises(ConfigurationError, match="holding F or R"):  # the config check, before any data loads
+        build_config("LUMOS", "tiny", overrides={**overrides, "lumos_views": ["C"]})
+    config = build_config("LUMOS", "tiny", overrides=overrides)
+    config["lumos_views"] = ["C"]  # a config changed by hand still meets the model's own check
     train_data, _, _ = data_preparation(config, create_dataset(config))
     with pytest.raises(ConfigurationError, match="positive view"):
         LUMOS(config, train_data._dataset)
