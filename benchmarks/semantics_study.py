@@ -97,7 +97,21 @@ def _gain(got: dict[int, dict], base: dict[int, dict]) -> tuple[str, str]:
     return f"{100 * (sum(ours) / sum(theirs) - 1):+.1f}%", f"{p:.3f}"
 
 
-def table(out: Path, grid: dict[str, list[str]]) -> str:
+HEADLINE = (
+    BASELINE,
+    f"{BASELINE}-T-init",
+    f"{BASELINE}-T-fusion",
+    "lm-none-nc1-aug0-l0.1",
+    "lm-none-nc4-aug0.1-l0.03",
+    "minilm-none-nc4-aug0.1-l0.03",
+    "minilm-fusion-nc4-aug0.1-l0.03",
+    "minilm-fusion-nc4-aug0.1-l0.03-randViews",
+    "minilm-fusion-nc4-aug0.1FRt-l0.03",
+)
+"""The README's rows: the baselines, the paper's reading (lm, none), and the chosen cell with its random views."""
+
+
+def table(out: Path, grid: dict[str, list[str]], only: tuple[str, ...] | None = None) -> str:
     runs = stored_runs(out, grid)
     t_cell = fedsasrec_t(runs)
     base = runs.get(BASELINE, {})
@@ -112,7 +126,7 @@ def table(out: Path, grid: dict[str, list[str]]) -> str:
         "| rounds to target | rounds | CPU s | test NDCG@20 per seed |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for cell in grid:
+    for cell in only or grid:
         got = runs.get(cell, {})
         if not got:
             continue
@@ -164,6 +178,7 @@ def publish(out: Path, target: Path, grid: dict[str, list[str]]) -> None:
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, copy)
     (target / "table.md").write_text(table(out, grid) + "\n")
+    (target / "headline.md").write_text(table(out, grid, HEADLINE) + "\n")
     (target / "budgets.md").write_text(budget_table(runs, BASELINE) + "\n")
     print(f"published {sum(len(r) for r in runs.values())} runs of {len(runs)} cells to {target}")
 

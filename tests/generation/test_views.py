@@ -342,6 +342,7 @@ def test_embedded_smollm2_on_ml_100k(prepare, tmp_path):
         lumos_gen_batch_size=6,
         lumos_cache_dir=str(tmp_path / "views"),
         lumos_generation="semantic",
+        lumos_num_counterfactuals=1,  # whatever ml-100k's own LUMOS file says: three prompts a user
     )
     semantic = ensure_views(config, dataset, train, max_users=8)
     assert_layout(semantic, dataset, train, config)

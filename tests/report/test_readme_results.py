@@ -8,7 +8,7 @@ from recbole_lumos.report.readme_tables import refresh, table_blocks, tables_aft
 
 def test_readme_tables_match_their_results_files():
     tables = tables_after_markers((REPO / "README.md").read_text())
-    assert len(tables) >= 8
+    assert len(tables) >= 6  # the headline tables; the rest live in results/
     for path, blocks in tables.items():
         assert blocks, f"no table follows the README's reference to {path}"
         in_file = table_blocks((REPO / path).read_text())
