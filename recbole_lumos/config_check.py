@@ -246,6 +246,14 @@ def parse_boolean(key: str, value: Any) -> bool:
     )
 
 
+def name_list(value: Any) -> list[str]:
+    """A list-of-names key as a list: ``--lumos_views=[F,R]`` reaches the config as the string "[F,R]" (RecBole
+    cannot ``eval`` it), so "[F,R]", "['F', 'R']", "F,R" and "F" are read as lists too."""
+    if isinstance(value, str):
+        return [v.strip(" '\"") for v in value.strip("[] ").split(",") if v.strip(" '\"")]
+    return list(value or [])
+
+
 def _check_enum(key: str, value: Any, rule: Enum) -> None:
     if value is None and rule.optional:
         return
@@ -305,9 +313,7 @@ def check_config(config: Any) -> None:
             )
     views = values.get("lumos_views")
     if views is not None:
-        if isinstance(views, str):  # --lumos_views=[F,R] arrives as the string "[F,R]" (RecBole cannot eval it)
-            views = [v.strip(" '\"") for v in views.strip("[] ").split(",") if v.strip(" '\"")]
-        items = list(views) if isinstance(views, list | tuple) else [views]
+        items = name_list(views)
         bad = [v for v in items if v not in ("F", "R", "C")]
         if bad or not {"F", "R"} & set(items):
             raise ConfigurationError(

@@ -25,6 +25,7 @@ import torch
 from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.sasrec import SASRec
 
+from recbole_lumos.config_check import name_list
 from recbole_lumos.errors import ConfigurationError
 from recbole_lumos.model.losses import large_negative, similarity
 from recbole_lumos.model.next_item import all_position_hidden, candidate_weights, next_item_loss, next_item_term
@@ -334,9 +335,7 @@ class LUMOS(SASRec):
 
 
 def _view_names(value, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    if isinstance(value, str):  # --key=[F,R] reaches RecBole's parser as a string: read "[F,R]", "F,R" or "F"
-        value = [v.strip(" '\"") for v in value.strip("[] ").split(",") if v.strip(" '\"")]
-    names = list(value or [])
+    names = name_list(value)
     unknown = sorted(set(names) - set(allowed))
     if unknown:
         raise ConfigurationError(f"{key} may contain {', '.join(allowed)} only, got {unknown}.")
